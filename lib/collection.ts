@@ -1,0 +1,238 @@
+import { EventEmitter } from 'node:events'
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
+import type { AdapterHost } from './adapters/adapter'
+import {
+  FST_ERR_SSE_ALREADY_STREAMING, FST_ERR_SSE_CLOSING, FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD,
+  FST_ERR_SSE_TOO_MANY_CONNECTIONS
+} from './errors'
+import { EventSource, publishedIds, type SendOptions, type SourceContext } from './event-source'
+import { checkEventOptions, eventFrame, serialize } from './frame'
+import type { PublishedMessage } from './history/history'
+import type { Settings } from './options'
+import { PingScheduler } from './ping'
+import { WriteScheduler } from './scheduler'
+import { isTarget, type Target } from './target'
+import type { EventSourceCollection as PublicCollection } from '../types/index'
+
+export interface BroadcastOptions extends SendOptions {
+  filter?: (identifier: string) => boolean
+}
+
+export interface PublishOptions extends SendOptions {
+  to?: Target
+}
+
+/**
+ * Sisk's EventSources: the registry of active, identified sources of this instance, plus the ways to reach
+ * them (broadcast here, publish everywhere the adapter reaches). Also counts every open stream for the limits
+ * and for shutdown.
+ */
+export class EventSourceCollection extends EventEmitter implements PublicCollection {
+  #settings: Settings
+  #byId = new Map<string, EventSource>()
+  #open = new Set<EventSource>()
+  #perKey = new Map<string, number>()
+  #closing = false
+  #ctx: SourceContext
+  #log: FastifyBaseLogger
+
+  constructor (settings: Settings, log: FastifyBaseLogger) {
+    super()
+    this.#settings = settings
+    this.#log = log
+    const scheduler = new WriteScheduler(settings.fanOutSlice, settings.drainTimeout)
+    this.#ctx = {
+      settings,
+      scheduler,
+      pings: new PingScheduler(scheduler),
+      release: source => this.#release(source)
+    }
+  }
+
+  /** Active identified sources on this instance. */
+  get activeConnections (): number {
+    return this.#byId.size
+  }
+
+  /** Every open stream on this instance, identified or not. */
+  get openStreams (): number {
+    return this.#open.size
+  }
+
+  /** Shared ping timers running now: one per distinct (interval, message), however many sources ping. */
+  get pingTimers (): number {
+    return this.#ctx.pings.timers
+  }
+
+  getByIdentifier (identifier: string): EventSource | undefined {
+    return this.#byId.get(identifier)
+  }
+
+  find (predicate: (identifier: string) => boolean): EventSource[] {
+    if (typeof predicate !== 'function') throw new FST_ERR_SSE_INVALID_FIELD('predicate', 'must be a function (identifier) => boolean')
+    const found: EventSource[] = []
+    for (const [identifier, source] of this.#byId) if (predicate(identifier)) found.push(source)
+    return found
+  }
+
+  all (): EventSource[] {
+    return [...this.#byId.values()]
+  }
+
+  /** Frames once and writes to every active identified source here (or those `filter` accepts). Live only: no history. */
+  broadcast (data?: unknown, options?: BroadcastOptions): number {
+    const frame = this.#frame(data, options)
+    const filter = options?.filter
+    if (filter === undefined) return this.#ctx.scheduler.fanOut(this.#byId.values(), frame, 'message')
+    if (typeof filter !== 'function') throw new FST_ERR_SSE_INVALID_FIELD('filter', 'must be a function (identifier) => boolean')
+    return this.#ctx.scheduler.fanOut(this.find(filter), frame, 'message')
+  }
+
+  /** Stores the message in history (when on) and delivers it to matching sources on every instance the adapter reaches. */
+  async publish (data?: unknown, options?: PublishOptions): Promise<void> {
+    const to = options?.to
+    if (!isTarget(to)) throw new FST_ERR_SSE_INVALID_FIELD('to', 'must be an identifier string or { prefix: string }')
+    const event = options?.event
+    const id = options?.id
+    const retry = options?.retry
+    checkEventOptions(event, id, retry)
+    const message: PublishedMessage = { data: serialize(data, this.#settings.serializer) }
+    if (event !== undefined) message.event = event
+    if (id !== undefined) message.id = id
+    if (retry !== undefined) message.retry = retry
+    if (to !== undefined) message.to = typeof to === 'string' ? to : { prefix: to.prefix }
+    await this.#settings.adapter.publish(message)
+  }
+
+  /** @internal the plugin's side of the adapter seam */
+  get host (): AdapterHost {
+    return {
+      deliver: message => this.#deliver(message),
+      closeOlder: (identifier, openedAt) => {
+        const source = this.#byId.get(identifier)
+        if (source !== undefined && source.openedAt <= openedAt) source._end('replaced')
+      },
+      log: this.#log
+    }
+  }
+
+  /** @internal request.getEventSource() */
+  open (request: FastifyRequest, reply: FastifyReply, identifier: string | undefined, current: EventSource | null): EventSource {
+    if (current !== null) throw new FST_ERR_SSE_ALREADY_STREAMING()
+    if (identifier !== undefined && typeof identifier !== 'string') {
+      throw new FST_ERR_SSE_INVALID_FIELD('identifier', 'must be a string or undefined')
+    }
+    if (reply.sent) throw new FST_ERR_SSE_HEADERS_SENT('*')
+    const settings = this.#settings
+    if (this.#closing) {
+      reply.header('retry-after', this.#retryAfter())
+      throw new FST_ERR_SSE_CLOSING()
+    }
+    const key = settings.maxConnectionsPerKey === Infinity ? '' : String(settings.connectionKey(request))
+    if (this.#open.size >= settings.maxConnections) this.#refuse(reply, `maxConnections ${settings.maxConnections} reached`)
+    if (key !== '' && (this.#perKey.get(key) ?? 0) >= settings.maxConnectionsPerKey) {
+      this.#refuse(reply, `maxConnectionsPerKey ${settings.maxConnectionsPerKey} reached`)
+    }
+
+    reply.hijack()
+    const source = new EventSource(this.#ctx, request, reply, identifier, key, this.#lastEventId(request))
+    this.#open.add(source)
+    if (key !== '') this.#perKey.set(key, (this.#perKey.get(key) ?? 0) + 1)
+    if (identifier !== undefined) this.#register(source, identifier)
+    if (settings.ping !== undefined) source.ping.start()
+    request.log.debug({ identifier, lastEventId: source.lastEventId }, 'event source opened')
+    return source
+  }
+
+  #register (source: EventSource, identifier: string): void {
+    this.#byId.get(identifier)?._end('replaced')
+    this.#byId.set(identifier, source)
+    this.emit('registered', source)
+    const adapter = this.#settings.adapter
+    adapter.claim?.(identifier, source.openedAt)
+    const lastEventId = source.lastEventId
+    if (lastEventId === undefined || lastEventId === '' || !adapter.hasHistory) return
+    source._replaying = true
+    adapter.replay(lastEventId, identifier).then(
+      result => source._finishReplay(result, this.#settings.resetEvent, lastEventId),
+      err => {
+        source.request.log.warn({ err, identifier, lastEventId }, 'event source replay failed; reporting a gap')
+        source._finishReplay({ messages: [], gap: true }, this.#settings.resetEvent, lastEventId)
+      }
+    )
+  }
+
+  #release (source: EventSource): void {
+    this.#open.delete(source)
+    const key = source._key
+    if (key !== '') {
+      const n = (this.#perKey.get(key) ?? 1) - 1
+      if (n > 0) this.#perKey.set(key, n)
+      else this.#perKey.delete(key)
+    }
+    const identifier = source.identifier
+    if (identifier !== undefined && this.#byId.get(identifier) === source) {
+      this.#byId.delete(identifier)
+      this.emit('unregistered', source)
+    }
+  }
+
+  #deliver (message: PublishedMessage): void {
+    const to = message.to
+    let targets: Iterable<EventSource>
+    if (to === undefined) {
+      targets = this.#byId.values()
+    } else if (typeof to === 'string') {
+      const source = this.#byId.get(to)
+      if (source === undefined) return
+      targets = [source]
+    } else {
+      const prefix = to.prefix
+      targets = this.find(identifier => identifier.startsWith(prefix))
+    }
+    const frame = eventFrame(message)
+    if (message.id !== undefined) publishedIds.set(frame, message.id)
+    this.#ctx.scheduler.fanOut(targets, frame, 'message')
+  }
+
+  #frame (data: unknown, options: SendOptions | undefined): Buffer {
+    const event = options?.event
+    const id = options?.id
+    const retry = options?.retry
+    checkEventOptions(event, id, retry)
+    return eventFrame({ data: serialize(data, this.#settings.serializer), event, id, retry })
+  }
+
+  #lastEventId (request: FastifyRequest): string | undefined {
+    const header = request.headers['last-event-id']
+    if (typeof header === 'string') return header
+    const name = this.#settings.lastEventIdQuery
+    if (name === undefined) return undefined
+    const value = (request.query as Record<string, unknown> | undefined)?.[name]
+    return typeof value === 'string' ? value : undefined
+  }
+
+  #retryAfter (): string {
+    return String(Math.max(1, Math.ceil((this.#settings.retry ?? 5000) / 1000)))
+  }
+
+  #refuse (reply: FastifyReply, why: string): never {
+    reply.header('retry-after', this.#retryAfter())
+    throw new FST_ERR_SSE_TOO_MANY_CONNECTIONS(why)
+  }
+
+  /** @internal ends every open stream, waits up to closeGrace for their bytes to leave, then cuts the rest */
+  async closeAll (): Promise<void> {
+    this.#closing = true
+    const sources = [...this.#open]
+    for (const source of sources) source._end('shutdown')
+    const grace = this.#settings.closeGrace
+    let timer: NodeJS.Timeout | undefined
+    const expired = new Promise<boolean>(resolve => { timer = setTimeout(resolve, grace, true).unref() })
+    const timedOut = await Promise.race([Promise.all(sources.map(s => s._settled())).then(() => false), expired])
+    clearTimeout(timer)
+    if (timedOut) for (const source of sources) source._destroy()
+    this.#ctx.scheduler.close()
+    this.#ctx.pings.close()
+  }
+}

@@ -1,0 +1,457 @@
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
+import type { Writable } from 'node:stream'
+import { FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD, FST_ERR_SSE_INVALID_HEADER } from './errors'
+import { checkEventOptions, commentFrame, eventFrame, retryFrame, serialize } from './frame'
+import type { ReplayResult } from './history/history'
+import { checkHeader, type Settings } from './options'
+import { PingPolicy, type PingScheduler } from './ping'
+import type { WriteScheduler } from './scheduler'
+import type { HttpRequestEventSource } from '../types/index'
+
+export type WriteKind = 'message' | 'ping' | 'comment'
+
+export type CloseReason =
+  | 'close' | 'client' | 'error' | 'timeout' | 'slow-client' | 'drain-timeout'
+  | 'replaced' | 'shutdown' | 'ping-failed'
+
+export interface SendOptions {
+  event?: string
+  id?: string
+  retry?: number
+}
+
+export interface ReplayInfo {
+  replayed: number
+  gap: boolean
+}
+
+/** What a source needs from the plugin instance that made it. */
+export interface SourceContext {
+  settings: Settings
+  scheduler: WriteScheduler
+  pings: PingScheduler
+  release (source: EventSource): void
+}
+
+/** Ids of published frames, so the replay seam can recognise a live copy of a message it already replayed. */
+export const publishedIds = new WeakMap<Buffer, string>()
+
+// Connection-specific headers are forbidden on HTTP/2 (RFC 9113 §8.2.2).
+const HOP_BY_HOP = ['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection']
+const NOT_CARRIED = ['content-length', 'content-type', 'content-encoding', 'transfer-encoding', 'connection']
+
+const kSource = Symbol('fastify-event-sources.source')
+type TaggedResponse = ServerResponse & { [kSource]?: EventSource }
+
+function onResponseClose (this: TaggedResponse): void {
+  this[kSource]?._gone('client')
+}
+
+function onResponseDrain (this: TaggedResponse): void {
+  this[kSource]?._drained()
+}
+
+/**
+ * One long-lived event stream: Sisk's HttpRequestEventSource. All bytes go out through `_write`, which keeps
+ * order (a queue, when one exists, is always written first) and the per-source memory bound.
+ */
+export class EventSource implements HttpRequestEventSource {
+  readonly identifier: string | undefined
+  readonly request: FastifyRequest
+  readonly reply: FastifyReply
+  readonly lastEventId: string | undefined
+  readonly openedAt: number
+  sentContentLength = 0
+  droppedMessages = 0
+  replay: ReplayInfo | undefined = undefined
+  closeReason: CloseReason | undefined = undefined
+
+  /** @internal frames waiting for the next flush, oldest first */
+  _queue: Buffer[] | null = null
+  /** @internal */
+  _queuedBytes = 0
+  /** @internal a replay is running: every write is queued behind it */
+  _replaying = false
+  /** @internal ids the replay sent, dropped if they also come live */
+  _seam: Set<string> | null = null
+  /** @internal the key counted by maxConnectionsPerKey */
+  _key: string
+
+  #ctx: SourceContext
+  #res: TaggedResponse
+  #out: Writable
+  #h2: boolean
+  #active = true
+  #headWritten = false
+  #appended: [string, string][] | undefined
+  #abort: AbortController | undefined
+  #waiters: (() => void)[] | undefined
+  #drainWaiters: ((ok: boolean) => void)[] | undefined
+  #ping: PingPolicy | undefined
+  #idle: { timeout: number, last: number, timer: NodeJS.Timeout | undefined } | undefined
+  #state: Record<string, unknown> | undefined
+
+  constructor (ctx: SourceContext, request: FastifyRequest, reply: FastifyReply, identifier: string | undefined, key: string, lastEventId: string | undefined) {
+    this.#ctx = ctx
+    this.request = request
+    this.reply = reply
+    this.identifier = identifier
+    this._key = key
+    this.lastEventId = lastEventId
+    this.openedAt = Date.now()
+    const res = reply.raw as TaggedResponse
+    this.#res = res
+    this.#h2 = request.raw.httpVersionMajor >= 2
+    this.#out = this.#h2 ? (res as unknown as { stream: Writable }).stream : res
+    res[kSource] = this
+    res.on('close', onResponseClose)
+    res.on('drain', onResponseDrain)
+    // A response error is a dead client; the listener also keeps it from being thrown.
+    res.on('error', onResponseClose)
+  }
+
+  get isActive (): boolean {
+    return this.#active
+  }
+
+  get signal (): AbortSignal {
+    if (this.#abort === undefined) {
+      this.#abort = new AbortController()
+      if (!this.#active) this.#abort.abort(this.closeReason)
+    }
+    return this.#abort.signal
+  }
+
+  /** Bytes accepted but not yet handed to the kernel: the socket's buffer plus the plugin's queue. */
+  get bufferedAmount (): number {
+    return this.#out.writableLength + this._queuedBytes
+  }
+
+  get headersSent (): boolean {
+    return this.#headWritten
+  }
+
+  /** A slot for your own per-connection data. */
+  get state (): Record<string, unknown> {
+    return (this.#state ??= {})
+  }
+
+  appendHeader (name: string, value: string): this {
+    if (this.#headWritten) throw new FST_ERR_SSE_HEADERS_SENT(String(name))
+    const problem = checkHeader(name, value)
+    if (problem !== undefined) throw new FST_ERR_SSE_INVALID_HEADER(problem)
+    ;(this.#appended ??= []).push([name.toLowerCase(), String(value)])
+    return this
+  }
+
+  send (data?: unknown, options?: SendOptions): boolean {
+    const frame = this.#messageFrame(data, options)
+    return this.#active && this._write(frame, 'message')
+  }
+
+  sendAsync (data?: unknown, options?: SendOptions): Promise<boolean> {
+    if (!this.send(data, options)) return Promise.resolve(false)
+    if (this._queue === null && !this.#out.writableNeedDrain) return Promise.resolve(true)
+    return new Promise(resolve => { (this.#drainWaiters ??= []).push(resolve) })
+  }
+
+  comment (text: string): boolean {
+    if (typeof text !== 'string') throw new FST_ERR_SSE_INVALID_FIELD('comment', 'must be a string')
+    if (!this.#active) return false
+    return this._write(commentFrame(text), 'comment')
+  }
+
+  flush (): this {
+    if (this.#active && !this.#headWritten) {
+      this.#writeHead()
+      this.#res.flushHeaders()
+    }
+    return this
+  }
+
+  close (): FastifyReply {
+    this.#end('close')
+    return this.reply
+  }
+
+  keepAlive (): Promise<void> {
+    this.flush()
+    if (!this.#active) return Promise.resolve()
+    return new Promise(resolve => { (this.#waiters ??= []).push(resolve) })
+  }
+
+  waitForFail (timeoutMs: number): Promise<void> {
+    if (typeof timeoutMs !== 'number' || !(timeoutMs >= 0) || timeoutMs > 2 ** 31 - 1) {
+      throw new FST_ERR_SSE_INVALID_FIELD('timeoutMs', 'must be a number of ms between 0 and 2^31-1')
+    }
+    if (this.#active) {
+      if (this.#idle?.timer !== undefined) clearTimeout(this.#idle.timer)
+      this.#idle = { timeout: timeoutMs, last: Date.now(), timer: undefined }
+      this.#armIdle(timeoutMs)
+    }
+    return this.keepAlive()
+  }
+
+  withPing (configure: (ping: PingPolicy) => void): this {
+    if (typeof configure !== 'function') throw new FST_ERR_SSE_INVALID_FIELD('withPing', 'expects a function (ping) => void')
+    configure(this.ping)
+    return this
+  }
+
+  get ping (): PingPolicy {
+    const defaults = this.#ctx.settings.ping
+    return (this.#ping ??= new PingPolicy(this, this.#ctx.pings, defaults?.interval ?? 5000, defaults?.dataMessage ?? 'ping'))
+  }
+
+  [Symbol.dispose] (): void {
+    this.close()
+  }
+
+  async [Symbol.asyncDispose] (): Promise<void> {
+    this.close()
+  }
+
+  /** @internal frames a message, validating before anything is written */
+  #messageFrame (data: unknown, options: SendOptions | undefined): Buffer {
+    let event, id, retry
+    if (options !== undefined && options !== null) {
+      if (typeof options !== 'object') throw new FST_ERR_SSE_INVALID_FIELD('options', 'must be an object { event, id, retry }')
+      event = options.event
+      id = options.id
+      retry = options.retry
+      checkEventOptions(event, id, retry)
+    }
+    return eventFrame({ data: serialize(data, this.#ctx.settings.serializer), event, id, retry })
+  }
+
+  /** @internal the one path every frame takes to this source's socket */
+  _write (frame: Buffer, kind: WriteKind): boolean {
+    if (!this.#active) return false
+    if (!this.#headWritten) this.#writeHead()
+    if (this._seam !== null && !this.#passesSeam(frame)) return false
+    if (this._queue !== null || this._replaying || this.#ctx.settings.batch) return this._enqueue(frame, kind)
+    if (this.#res.destroyed) {
+      this.#end(kind === 'ping' ? 'ping-failed' : 'client', true)
+      return false
+    }
+    if (!this.#fits(frame.length, kind)) return false
+    if (kind === 'message' && this.#idle !== undefined) this.#idle.last = Date.now()
+    this.sentContentLength += frame.length
+    if (!this.#res.write(frame)) this.#ctx.scheduler.watchDrain(this)
+    return true
+  }
+
+  /** @internal queues a frame for the next flush, within the memory bound */
+  _enqueue (frame: Buffer, kind: WriteKind): boolean {
+    if (!this.#active) return false
+    if (!this.#headWritten) this.#writeHead()
+    if (!this.#fits(frame.length + this._queuedBytes, kind)) return false
+    if (this._queue === null) {
+      this._queue = [frame]
+      if (!this._replaying) this.#ctx.scheduler.defer(this)
+    } else {
+      this._queue.push(frame)
+    }
+    this._queuedBytes += frame.length
+    if (kind === 'message' && this.#idle !== undefined) this.#idle.last = Date.now()
+    return true
+  }
+
+  /** @internal writes everything queued in one write */
+  _flushQueue (): void {
+    const queue = this._queue
+    if (queue === null || this._replaying) return
+    this._queue = null
+    let bytes = this._queuedBytes
+    this._queuedBytes = 0
+    if (!this.#active || this.#res.destroyed) return
+    let frames = queue
+    if (this._seam !== null) {
+      frames = queue.filter(f => this.#passesSeam(f))
+      if (frames.length === 0) return
+      if (frames.length !== queue.length) bytes = frames.reduce((sum, f) => sum + f.length, 0)
+    }
+    const chunk = frames.length === 1 ? frames[0] : Buffer.concat(frames, bytes)
+    this.sentContentLength += chunk.length
+    if (this.#res.write(chunk)) this.#settleDrainWaiters(true)
+    else this.#ctx.scheduler.watchDrain(this)
+  }
+
+  /** @internal a replay read from history: write it, then what was queued meanwhile, minus live copies of replayed messages */
+  _finishReplay (result: ReplayResult, resetEvent: string, requestedId: string): void {
+    if (!this.#active) return
+    const seam = new Set<string>()
+    const frames: Buffer[] = []
+    if (result.gap) {
+      frames.push(eventFrame({ event: resetEvent, id: result.latestId, data: JSON.stringify({ lastEventId: requestedId }) }))
+    }
+    for (const message of result.messages) {
+      if (message.id !== undefined) seam.add(message.id)
+      frames.push(eventFrame(message))
+    }
+    this.replay = { replayed: result.messages.length, gap: result.gap }
+    this._replaying = false
+    this._seam = seam.size > 0 ? seam : null
+    if (frames.length > 0) {
+      // Replay is bounded by the history size, not by maxBufferedBytes: it goes out whole, ahead of the queue.
+      const chunk = Buffer.concat(frames)
+      this.sentContentLength += chunk.length
+      if (!this.#res.write(chunk)) this.#ctx.scheduler.watchDrain(this)
+    }
+    if (this._queue !== null) this.#ctx.scheduler.defer(this)
+  }
+
+  /** @internal the response's drain event */
+  _drained (): void {
+    this.#ctx.scheduler.unwatchDrain(this)
+    if (this._queue === null) this.#settleDrainWaiters(true)
+  }
+
+  /** @internal the response closed or failed under us */
+  _gone (reason: CloseReason): void {
+    if (this.#active) this.#finish(reason)
+    this.#ctx.scheduler.unwatchDrain(this)
+  }
+
+  /** @internal waited for drain longer than drainTimeout */
+  _drainExpired (): void {
+    if (this.#active) this.#end('drain-timeout', true)
+    else this.#res.destroy()
+  }
+
+  /** @internal ends the source; `abort` destroys the socket instead of flushing (the peer is not reading) */
+  _end (reason: CloseReason, abort = false): void {
+    this.#end(reason, abort)
+  }
+
+  /** @internal resolves once the response is fully written or destroyed */
+  _settled (): Promise<void> {
+    const res = this.#res
+    if (res.writableFinished || res.destroyed) return Promise.resolve()
+    return new Promise(resolve => {
+      const done = (): void => {
+        res.off('finish', done)
+        res.off('close', done)
+        resolve()
+      }
+      res.on('finish', done)
+      res.on('close', done)
+    })
+  }
+
+  /** @internal */
+  _destroy (): void {
+    this.#res.destroy()
+  }
+
+  #passesSeam (frame: Buffer): boolean {
+    const id = publishedIds.get(frame)
+    if (id === undefined) return true
+    const seam = this._seam as Set<string>
+    if (seam.has(id)) return false
+    // Live delivery is in one order: once a message the replay did not hold arrives, no replayed one follows.
+    if (!this._replaying) this._seam = null
+    return true
+  }
+
+  #fits (bytes: number, kind: WriteKind): boolean {
+    const settings = this.#ctx.settings
+    if (this.#out.writableLength + bytes <= settings.maxBufferedBytes) return true
+    if (settings.slowClient === 'drop') {
+      if (kind === 'message') this.droppedMessages++
+      return false
+    }
+    this.#end('slow-client', true)
+    return false
+  }
+
+  #writeHead (): void {
+    this.#headWritten = true
+    const settings = this.#ctx.settings
+    const headers: OutgoingHttpHeaders = {}
+    const carried = this.reply.getHeaders()
+    for (const name in carried) {
+      if (!NOT_CARRIED.includes(name) && carried[name] !== undefined) headers[name] = carried[name]
+    }
+    headers['content-type'] = 'text/event-stream; charset=utf-8'
+    headers['cache-control'] = 'no-cache, no-transform'
+    headers['x-accel-buffering'] = 'no'
+    if (!this.#h2) headers.connection = 'keep-alive'
+    for (const name in settings.headers) headers[name.toLowerCase()] = settings.headers[name]
+    if (this.#appended !== undefined) {
+      for (const [name, value] of this.#appended) {
+        const prior = headers[name]
+        headers[name] = prior === undefined ? value : ([] as string[]).concat(prior as string | string[], value)
+      }
+      this.#appended = undefined
+    }
+    if (this.#h2) for (const name of HOP_BY_HOP) delete headers[name]
+    this.#res.writeHead(200, headers)
+    if (settings.retry !== undefined) {
+      const frame = retryFrame(settings.retry)
+      this.sentContentLength += frame.length
+      this.#res.write(frame)
+    }
+  }
+
+  #armIdle (ms: number): void {
+    const idle = this.#idle
+    if (idle === undefined) return
+    idle.timer = setTimeout(() => {
+      idle.timer = undefined
+      if (!this.#active || this.#idle !== idle) return
+      const left = idle.last + idle.timeout - Date.now()
+      if (left > 0) this.#armIdle(left)
+      else this.#end('timeout')
+    }, ms).unref()
+  }
+
+  #end (reason: CloseReason, abort = false): void {
+    if (!this.#active) return
+    const res = this.#res
+    if (abort) {
+      this.#finish(reason)
+      res.destroy()
+      return
+    }
+    if (!this.#headWritten && !res.destroyed) this.#writeHead()
+    if (this._replaying) {
+      // The client will ask again from its own last id: a half replay followed by live messages would skip some.
+      this._queue = null
+      this._queuedBytes = 0
+      this._replaying = false
+    }
+    this._flushQueue()
+    this.#finish(reason)
+    if (!res.writableEnded) res.end()
+  }
+
+  #finish (reason: CloseReason): void {
+    this.#active = false
+    this.closeReason = reason
+    const ctx = this.#ctx
+    ctx.release(this)
+    ctx.scheduler.forget(this)
+    this.#ping?.stop()
+    if (this.#idle?.timer !== undefined) clearTimeout(this.#idle.timer)
+    this.#idle = undefined
+    this._queue = null
+    this._queuedBytes = 0
+    this._seam = null
+    this.#abort?.abort(reason)
+    const waiters = this.#waiters
+    this.#waiters = undefined
+    if (waiters !== undefined) for (const resolve of waiters) resolve()
+    this.#settleDrainWaiters(false)
+    this.request.log.debug({ identifier: this.identifier, reason, sentContentLength: this.sentContentLength }, 'event source closed')
+  }
+
+  #settleDrainWaiters (ok: boolean): void {
+    const waiters = this.#drainWaiters
+    if (waiters === undefined) return
+    if (ok && this.#out.writableNeedDrain) return
+    this.#drainWaiters = undefined
+    for (const resolve of waiters) resolve(ok)
+  }
+}

@@ -1,0 +1,69 @@
+import { FST_ERR_SSE_INVALID_FIELD, FST_ERR_SSE_SERIALIZATION } from './errors'
+
+/** The fields of one event, checked and ready to frame. `data` is already a string. */
+export interface EventFields {
+  data: string
+  event?: string
+  id?: string
+  retry?: number
+}
+
+export type Serializer = (value: unknown) => string
+
+const FORBIDDEN = /[\r\n\0]/
+const LINE_BREAK = /\r\n|\r|\n/
+
+export function checkEventOptions (event: unknown, id: unknown, retry: unknown): void {
+  if (event !== undefined && (typeof event !== 'string' || FORBIDDEN.test(event))) {
+    throw new FST_ERR_SSE_INVALID_FIELD('event', 'must be a string without CR, LF or NUL')
+  }
+  if (id !== undefined && (typeof id !== 'string' || FORBIDDEN.test(id))) {
+    throw new FST_ERR_SSE_INVALID_FIELD('id', 'must be a string without CR, LF or NUL')
+  }
+  if (retry !== undefined && !(Number.isSafeInteger(retry) && (retry as number) >= 0)) {
+    throw new FST_ERR_SSE_INVALID_FIELD('retry', 'must be a non-negative integer')
+  }
+}
+
+/** Turns any value into the string an event carries: strings as they are, null/undefined as '', the rest through the serializer. */
+export function serialize (value: unknown, serializer: Serializer): string {
+  if (typeof value === 'string') return value
+  if (value === null || value === undefined) return ''
+  let out: unknown
+  try {
+    out = serializer(value)
+  } catch (err) {
+    throw new FST_ERR_SSE_SERIALIZATION((err as Error)?.message ?? String(err), { cause: err })
+  }
+  if (typeof out !== 'string') throw new FST_ERR_SSE_SERIALIZATION(`the serializer returned ${typeof out}, not a string`)
+  return out
+}
+
+function prefixLines (prefix: string, text: string): string {
+  // Every line break form ends a field line for a spec-conforming parser, so each one starts a new line of ours.
+  if (text.indexOf('\n') === -1 && text.indexOf('\r') === -1) return prefix + text + '\n'
+  const lines = text.split(LINE_BREAK)
+  let out = ''
+  for (let i = 0; i < lines.length; i++) out += prefix + lines[i] + '\n'
+  return out
+}
+
+export function eventText (fields: EventFields): string {
+  let out = ''
+  if (fields.event !== undefined) out += 'event: ' + fields.event + '\n'
+  if (fields.id !== undefined) out += 'id: ' + fields.id + '\n'
+  if (fields.retry !== undefined) out += 'retry: ' + fields.retry + '\n'
+  return out + prefixLines('data: ', fields.data) + '\n'
+}
+
+export function eventFrame (fields: EventFields): Buffer {
+  return Buffer.from(eventText(fields))
+}
+
+export function commentFrame (text: string): Buffer {
+  return Buffer.from(prefixLines(': ', text) + '\n')
+}
+
+export function retryFrame (retry: number): Buffer {
+  return Buffer.from('retry: ' + retry + '\n\n')
+}

@@ -1,0 +1,53 @@
+import { matchesTarget } from '../target'
+import type { HistoryStore, PublishedMessage, ReplayResult } from './history'
+
+/**
+ * A ring of the last `size` published messages. Generated ids are `<epoch>-<seq>`, where the epoch is the
+ * store's creation time in ms: ids keep growing across a restart, and an id from an earlier epoch is reported
+ * as a gap instead of being matched against the wrong messages.
+ */
+export class MemoryHistory implements HistoryStore {
+  readonly size: number
+  readonly epoch: string
+  #ring: (PublishedMessage | undefined)[]
+  #next = 0
+  #count = 0
+  #seq = 0
+
+  constructor (size: number, epoch: number = Date.now()) {
+    this.size = size
+    this.epoch = String(epoch)
+    this.#ring = new Array(size)
+  }
+
+  append (message: PublishedMessage): string {
+    const id = message.id ?? this.epoch + '-' + (++this.#seq)
+    this.#ring[this.#next] = message.id === undefined ? { ...message, id } : message
+    this.#next = (this.#next + 1) % this.size
+    if (this.#count < this.size) this.#count++
+    return id
+  }
+
+  readAfter (lastEventId: string, identifier: string): ReplayResult {
+    const latestId = this.#count > 0 ? this.#at(this.#count - 1).id : undefined
+    // Search from the newest end: a reconnecting client is usually only a few messages behind.
+    let start = -1
+    for (let i = this.#count - 1; i >= 0; i--) {
+      if (this.#at(i).id === lastEventId) {
+        start = i
+        break
+      }
+    }
+    const messages: PublishedMessage[] = []
+    for (let j = start + 1; j < this.#count; j++) {
+      const m = this.#at(j)
+      if (matchesTarget(m.to, identifier)) messages.push(m)
+    }
+    return { messages, gap: start === -1, latestId }
+  }
+
+  /** The i-th oldest message held. */
+  #at (i: number): PublishedMessage {
+    return this.#ring[(this.#next - this.#count + i + this.size) % this.size] as PublishedMessage
+  }
+}

@@ -1,0 +1,139 @@
+import type { FastifyRequest } from 'fastify'
+import { FST_ERR_SSE_INVALID_OPTION } from './errors'
+import type { Serializer } from './frame'
+import { MemoryHistory } from './history/memory'
+import type { EventSourceAdapter } from './adapters/adapter'
+import { LocalAdapter } from './adapters/local'
+
+export interface PluginOptions {
+  serializer?: Serializer
+  retry?: number
+  ping?: { interval?: number, dataMessage?: string } | false
+  headers?: Record<string, string>
+  maxBufferedBytes?: number
+  slowClient?: 'close' | 'drop'
+  drainTimeout?: number
+  maxConnections?: number
+  maxConnectionsPerKey?: number
+  connectionKey?: (request: FastifyRequest) => string
+  history?: { size?: number } | false
+  resetEvent?: string
+  adapter?: EventSourceAdapter
+  batch?: boolean
+  fanOutSlice?: number
+  closeGrace?: number
+  lastEventIdQuery?: string | false
+}
+
+export interface Settings {
+  serializer: Serializer
+  retry: number | undefined
+  ping: { interval: number, dataMessage: string } | undefined
+  headers: Record<string, string>
+  maxBufferedBytes: number
+  slowClient: 'close' | 'drop'
+  drainTimeout: number
+  maxConnections: number
+  maxConnectionsPerKey: number
+  connectionKey: (request: FastifyRequest) => string
+  resetEvent: string
+  adapter: EventSourceAdapter
+  batch: boolean
+  fanOutSlice: number
+  closeGrace: number
+  lastEventIdQuery: string | undefined
+}
+
+export const DEFAULT_PING_INTERVAL = 5000
+export const DEFAULT_PING_MESSAGE = 'ping'
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+const FORBIDDEN = /[\r\n\0]/
+
+function fail (name: string, why: string): never {
+  throw new FST_ERR_SSE_INVALID_OPTION(name, why)
+}
+
+function count (name: string, value: unknown, fallback: number, min = 0): number {
+  if (value === undefined) return fallback
+  if (value === Infinity) return value
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) fail(name, `must be an integer >= ${min}, got ${String(value)}`)
+  return value
+}
+
+export function checkHeader (name: unknown, value: unknown): string | undefined {
+  if (typeof name !== 'string' || !TOKEN.test(name)) return `name ${JSON.stringify(name)} is not a valid header name`
+  if (typeof value !== 'string' && typeof value !== 'number') return `value of "${name}" must be a string or a number`
+  if (FORBIDDEN.test(String(value))) return `value of "${name}" contains CR, LF or NUL`
+  return undefined
+}
+
+function pingOption (value: PluginOptions['ping']): Settings['ping'] {
+  if (value === undefined || value === false) return undefined
+  if (typeof value !== 'object' || value === null) fail('ping', 'must be an object { interval, dataMessage } or false')
+  const interval = count('ping.interval', value.interval, DEFAULT_PING_INTERVAL, 1)
+  const dataMessage = value.dataMessage ?? DEFAULT_PING_MESSAGE
+  if (typeof dataMessage !== 'string') fail('ping.dataMessage', 'must be a string')
+  return { interval, dataMessage }
+}
+
+function defaultConnectionKey (request: FastifyRequest): string {
+  return request.ip
+}
+
+export function normalizeOptions (options: PluginOptions = {}): Settings {
+  if (typeof options !== 'object' || options === null) fail('options', 'must be an object')
+  const serializer = options.serializer ?? JSON.stringify
+  if (typeof serializer !== 'function') fail('serializer', 'must be a function')
+
+  const retry = options.retry === undefined ? undefined : count('retry', options.retry, 0)
+
+  const headers = options.headers ?? {}
+  if (typeof headers !== 'object' || headers === null) fail('headers', 'must be an object of header names to values')
+  for (const [name, value] of Object.entries(headers)) {
+    const problem = checkHeader(name, value)
+    if (problem !== undefined) fail('headers', problem)
+  }
+
+  const slowClient = options.slowClient ?? 'close'
+  if (slowClient !== 'close' && slowClient !== 'drop') fail('slowClient', `must be 'close' or 'drop', got ${String(slowClient)}`)
+
+  const connectionKey = options.connectionKey ?? defaultConnectionKey
+  if (typeof connectionKey !== 'function') fail('connectionKey', 'must be a function (request) => string')
+
+  let adapter = options.adapter
+  const history = options.history
+  if (history !== undefined && history !== false && (typeof history !== 'object' || history === null)) fail('history', 'must be { size } or false')
+  const historySize = history === false ? 0 : count('history.size', history?.size, 1000, 1)
+  if (adapter === undefined) {
+    adapter = new LocalAdapter(historySize > 0 ? new MemoryHistory(historySize) : undefined)
+  } else if (typeof adapter !== 'object' || adapter === null || typeof adapter.publish !== 'function' || typeof adapter.attach !== 'function') {
+    fail('adapter', 'must be an adapter such as redisAdapter(...)')
+  }
+
+  const resetEvent = options.resetEvent ?? 'reset'
+  if (typeof resetEvent !== 'string' || resetEvent === '' || FORBIDDEN.test(resetEvent)) fail('resetEvent', 'must be a non-empty string without CR, LF or NUL')
+
+  if (options.batch !== undefined && typeof options.batch !== 'boolean') fail('batch', 'must be a boolean')
+
+  const lastEventIdQuery = options.lastEventIdQuery === false ? undefined : options.lastEventIdQuery
+  if (lastEventIdQuery !== undefined && (typeof lastEventIdQuery !== 'string' || lastEventIdQuery === '')) fail('lastEventIdQuery', 'must be a query parameter name or false')
+
+  return {
+    serializer,
+    retry,
+    ping: pingOption(options.ping),
+    headers: { ...headers },
+    maxBufferedBytes: count('maxBufferedBytes', options.maxBufferedBytes, 1024 * 1024, 1),
+    slowClient,
+    drainTimeout: count('drainTimeout', options.drainTimeout, 30_000, 1),
+    maxConnections: count('maxConnections', options.maxConnections, Infinity, 0),
+    maxConnectionsPerKey: count('maxConnectionsPerKey', options.maxConnectionsPerKey, Infinity, 0),
+    connectionKey,
+    resetEvent,
+    adapter,
+    batch: options.batch ?? false,
+    fanOutSlice: count('fanOutSlice', options.fanOutSlice, 50, 1),
+    closeGrace: count('closeGrace', options.closeGrace, 1000, 0),
+    lastEventIdQuery
+  }
+}

@@ -1,0 +1,249 @@
+import type { EventEmitter } from 'node:events'
+import type { FastifyBaseLogger, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyError, FastifyErrorConstructor } from '@fastify/error'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The registry of this instance's active, identified event sources, and the ways to reach them. */
+    eventSources: fastifyEventSources.EventSourceCollection
+  }
+  interface FastifyRequest {
+    /**
+     * Turns this request into a long-lived event stream (the reply is hijacked). With an identifier, the
+     * source is registered in `fastify.eventSources` and closes any older source with the same identifier.
+     * @throws FST_ERR_SSE_ALREADY_STREAMING on a second call for the same request
+     * @throws FST_ERR_SSE_TOO_MANY_CONNECTIONS (503, with Retry-After set) beyond a connection limit
+     */
+    getEventSource (identifier?: string): fastifyEventSources.HttpRequestEventSource
+  }
+}
+
+type FastifyEventSources = FastifyPluginAsync<fastifyEventSources.FastifyEventSourcesOptions>
+
+declare namespace fastifyEventSources {
+  /** Why a source stopped being active. */
+  export type CloseReason =
+    | 'close' | 'client' | 'error' | 'timeout' | 'slow-client' | 'drain-timeout'
+    | 'replaced' | 'shutdown' | 'ping-failed'
+
+  export interface SendOptions {
+    /** Event name (`addEventListener(event, ...)` on the client). No CR, LF or NUL. */
+    event?: string
+    /** Event id; the client sends it back as Last-Event-ID. `''` resets it. No CR, LF or NUL. */
+    id?: string
+    /** Reconnection delay in ms for the client; a non-negative integer. */
+    retry?: number
+  }
+
+  /** Who a published message is for: one identifier, every identifier with a prefix, or (absent) every identified source. */
+  export type PublishTarget = string | { prefix: string }
+
+  export interface PublishOptions extends SendOptions {
+    to?: PublishTarget
+  }
+
+  export interface BroadcastOptions extends SendOptions {
+    /** Only sources whose identifier passes receive the message. */
+    filter?: (identifier: string) => boolean
+  }
+
+  export interface ReplayInfo {
+    /** How many stored messages were re-sent on this connection. */
+    replayed: number
+    /** The Last-Event-ID was not in the history (too old, or from another epoch); a reset event was sent first. */
+    gap: boolean
+  }
+
+  /** Sisk's ping policy: set `dataMessage` and `interval`, then `start()`. */
+  export interface PingPolicy {
+    /** The comment text written as `: <dataMessage>`; never fires `message` on the client. */
+    dataMessage: string
+    /** Milliseconds between pings; default 5000. */
+    interval: number
+    readonly isRunning: boolean
+    /** Idempotent: a source never has two ping timers. Sources with the same interval and message share one. */
+    start (): this
+    stop (): this
+  }
+
+  export interface HttpRequestEventSource {
+    readonly identifier: string | undefined
+    readonly isActive: boolean
+    readonly request: FastifyRequest
+    readonly reply: FastifyReply
+    /** The Last-Event-ID request header (or the `lastEventIdQuery` parameter, when that option is set). */
+    readonly lastEventId: string | undefined
+    /** Body bytes handed to the socket, pings included. */
+    readonly sentContentLength: number
+    /** Aborted when the source ends, for any reason; `signal.reason` is the CloseReason. */
+    readonly signal: AbortSignal
+    /** Bytes not yet handed to the kernel: the socket's buffer plus the plugin's queue. */
+    readonly bufferedAmount: number
+    /** Messages discarded under `slowClient: 'drop'`. */
+    readonly droppedMessages: number
+    /** Set once a Last-Event-ID replay is done. */
+    readonly replay: ReplayInfo | undefined
+    /** Set once the source is no longer active. */
+    readonly closeReason: CloseReason | undefined
+    /** When the source was opened (ms since the epoch). */
+    readonly openedAt: number
+    /** Whether the response head was written. */
+    readonly headersSent: boolean
+    /** A slot for your own per-connection data. */
+    readonly state: Record<string, unknown>
+    /** This source's ping policy (the plugin's `ping` option sets its defaults and starts it). */
+    readonly ping: PingPolicy
+
+    /** @throws FST_ERR_SSE_HEADERS_SENT after the head was written; FST_ERR_SSE_INVALID_HEADER for a bad name or value */
+    appendHeader (name: string, value: string): this
+    /**
+     * Sends one event. Strings go as they are; other values through the serializer; null/undefined as an empty
+     * data line. Returns false, writing nothing, when the source is not active or the message was dropped.
+     * @throws FST_ERR_SSE_INVALID_FIELD for a bad event, id or retry; FST_ERR_SSE_SERIALIZATION if serializing fails
+     */
+    send (data?: unknown, options?: SendOptions): boolean
+    /** As send, resolving true once the socket took the message and needs no drain; false if the source ends first. */
+    sendAsync (data?: unknown, options?: SendOptions): Promise<boolean>
+    /** Writes a comment (`: text`), invisible to the client's handlers. */
+    comment (text: string): boolean
+    /** Writes the response head now, so the client's `open` fires. */
+    flush (): this
+    /** Idempotent. Writes what is queued, ends the response, leaves the collection. */
+    close (): FastifyReply
+    /** Resolves when the source stops being active. */
+    keepAlive (): Promise<void>
+    /** As keepAlive, and closes the source after `timeoutMs` without a message sent. Never rejects. */
+    waitForFail (timeoutMs: number): Promise<void>
+    withPing (configure: (ping: PingPolicy) => void): this
+    [Symbol.dispose] (): void
+    [Symbol.asyncDispose] (): Promise<void>
+  }
+
+  export interface EventSourceCollectionEvents {
+    registered: [source: HttpRequestEventSource]
+    unregistered: [source: HttpRequestEventSource]
+  }
+
+  export interface EventSourceCollection extends EventEmitter {
+    /** Active identified sources on this instance. */
+    readonly activeConnections: number
+    /** Every open stream on this instance, identified or not. */
+    readonly openStreams: number
+    /** Shared ping timers running now. */
+    readonly pingTimers: number
+    /** This instance only: a live object is never on another instance. */
+    getByIdentifier (identifier: string): HttpRequestEventSource | undefined
+    find (predicate: (identifier: string) => boolean): HttpRequestEventSource[]
+    all (): HttpRequestEventSource[]
+    /** Frames once and writes to every matching active identified source of this instance; returns how many got it. Live only. */
+    broadcast (data?: unknown, options?: BroadcastOptions): number
+    /** Stores the message in history (when on) and delivers it on every instance the adapter reaches. */
+    publish (data?: unknown, options?: PublishOptions): Promise<void>
+    on<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
+    off<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
+    once<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
+  }
+
+  /** A published message as stored and as carried between instances; data is already serialized. */
+  export interface PublishedMessage {
+    data: string
+    event?: string
+    id?: string
+    retry?: number
+    to?: PublishTarget
+  }
+
+  export interface ReplayResult {
+    messages: PublishedMessage[]
+    gap: boolean
+    latestId?: string
+  }
+
+  export interface HistoryStore {
+    append (message: PublishedMessage): string | Promise<string>
+    readAfter (lastEventId: string, identifier: string): ReplayResult | Promise<ReplayResult>
+  }
+
+  export interface AdapterHost {
+    deliver (message: PublishedMessage): void
+    closeOlder (identifier: string, openedAt: number): void
+    log: FastifyBaseLogger
+  }
+
+  /** The seam between publish and what carries messages: this process (default) or a broker such as Redis. */
+  export interface EventSourceAdapter {
+    readonly hasHistory: boolean
+    attach (host: AdapterHost): void | Promise<void>
+    publish (message: PublishedMessage): Promise<void>
+    replay (lastEventId: string, identifier: string): Promise<ReplayResult>
+    claim? (identifier: string, openedAt: number): void
+    close (): Promise<void>
+  }
+
+  export interface FastifyEventSourcesOptions {
+    /** Turns non-string data into text. Default JSON.stringify. */
+    serializer?: (value: unknown) => string
+    /** Sent as `retry:` when a stream opens (ms). */
+    retry?: number
+    /** A ping policy started on every source; off by default. */
+    ping?: { interval?: number, dataMessage?: string } | false
+    /** Extra headers for every stream. */
+    headers?: Record<string, string>
+    /** Bound on what one source may hold unsent (socket buffer + queue). Default 1 MiB. */
+    maxBufferedBytes?: number
+    /** Past maxBufferedBytes: 'close' ends the source (default), 'drop' discards the new message. */
+    slowClient?: 'close' | 'drop'
+    /** A source waiting for drain longer than this (ms) is ended. Default 30000. */
+    drainTimeout?: number
+    /** Open streams per instance, identified or not. Default unlimited. */
+    maxConnections?: number
+    /** Open streams per connectionKey. Default unlimited. */
+    maxConnectionsPerKey?: number
+    /** The key counted by maxConnectionsPerKey. Default the client IP. */
+    connectionKey?: (request: FastifyRequest) => string
+    /** Last-Event-ID history for publish: `{ size }` (default 1000) or false. Ignored with an adapter that brings its own. */
+    history?: { size?: number } | false
+    /** Event name sent first when a Last-Event-ID is not in history. Default 'reset'. */
+    resetEvent?: string
+    /** How publish reaches other instances. Default: this process only. */
+    adapter?: EventSourceAdapter
+    /** Coalesce writes: every source's messages of one tick go out in one socket write. Default false. */
+    batch?: boolean
+    /** Longest a fan-out (broadcast, publish, ping round) blocks the event loop before yielding, in ms. Default 50. */
+    fanOutSlice?: number
+    /** On fastify.close(), how long (ms) ended streams may take to flush before their sockets are cut. Default 1000. */
+    closeGrace?: number
+    /** Also read the last event id from this query parameter when the header is absent. Off by default. */
+    lastEventIdQuery?: string | false
+  }
+
+  /** The in-memory ring the default adapter keeps history in. */
+  export class MemoryHistory implements HistoryStore {
+    constructor (size: number, epoch?: number)
+    readonly size: number
+    readonly epoch: string
+    append (message: PublishedMessage): string
+    readAfter (lastEventId: string, identifier: string): ReplayResult
+  }
+
+  export const errors: {
+    FST_ERR_SSE_ALREADY_STREAMING: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_ALREADY_STREAMING', statusCode: 500 }>
+    FST_ERR_SSE_HEADERS_SENT: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_HEADERS_SENT', statusCode: 500 }, [string]>
+    FST_ERR_SSE_INVALID_HEADER: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_INVALID_HEADER', statusCode: 500 }, [string]>
+    FST_ERR_SSE_INVALID_FIELD: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_INVALID_FIELD', statusCode: 500 }, [string, string]>
+    FST_ERR_SSE_INVALID_OPTION: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_INVALID_OPTION', statusCode: 500 }, [string, string]>
+    FST_ERR_SSE_SERIALIZATION: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_SERIALIZATION', statusCode: 500 }, [string]>
+    FST_ERR_SSE_TOO_MANY_CONNECTIONS: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_TOO_MANY_CONNECTIONS', statusCode: 503 }, [string]>
+    FST_ERR_SSE_CLOSING: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_CLOSING', statusCode: 503 }>
+    FST_ERR_SSE_PUBLISH_FAILED: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_PUBLISH_FAILED', statusCode: 503 }, [string]>
+    FST_ERR_SSE_ADAPTER: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_ADAPTER', statusCode: 500 }, [string]>
+  }
+
+  export type { FastifyError }
+
+  export const fastifyEventSources: FastifyEventSources
+  export { fastifyEventSources as default }
+}
+
+declare function fastifyEventSources (...params: Parameters<FastifyEventSources>): ReturnType<FastifyEventSources>
+export = fastifyEventSources
