@@ -228,9 +228,9 @@ export class EventSource implements HttpRequestEventSource {
   /** @internal the one path every frame takes to this source's socket */
   _write (frame: Buffer, kind: WriteKind): boolean {
     if (!this.#active) return false
-    if (!this.#headWritten) this.#writeHead()
     if (this._seam !== null && !this.#passesSeam(frame)) return false
     if (this._queue !== null || this._replaying || this.#ctx.settings.batch) return this._enqueue(frame, kind)
+    if (!this.#headWritten) this.#writeHead()
     if (this.#res.destroyed) {
       this.#end(kind === 'ping' ? 'ping-failed' : 'client', true)
       return false
@@ -245,7 +245,8 @@ export class EventSource implements HttpRequestEventSource {
   /** @internal queues a frame for the next flush, within the memory bound */
   _enqueue (frame: Buffer, kind: WriteKind): boolean {
     if (!this.#active) return false
-    if (!this.#headWritten) this.#writeHead()
+    // A queued frame goes out later: send the head now so the client's open is not held back by a replay or a tick.
+    if (!this.#headWritten) this.flush()
     if (!this.#fits(frame.length + this._queuedBytes, kind)) return false
     if (this._queue === null) {
       this._queue = [frame]
