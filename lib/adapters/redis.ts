@@ -1,0 +1,242 @@
+import { createHash, randomUUID } from 'node:crypto'
+import { Redis, type RedisOptions } from 'ioredis'
+import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_INVALID_OPTION, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
+import { APPEND_AND_PUBLISH, RedisStreamsHistory, decode, encode } from '../history/redis-streams'
+import type { AdapterHost, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
+
+interface RedisAdapterOptions {
+  /** A connection to use for commands; the adapter subscribes on `client.duplicate()` and never closes `client`. */
+  client?: Redis
+  /** Where to connect when no client is given. Default `redis://127.0.0.1:6379`. */
+  url?: string
+  /** Prefix of the stream key and the channels; instances that share it form one cluster. Default `fastify-event-sources:`. */
+  channelPrefix?: string
+  /** Shared Last-Event-ID history in a Redis Stream (`{ maxLen }`, default 1000, trimmed approximately), or false. */
+  history?: { maxLen?: number } | false
+  /** Milliseconds a publish (or a replay read) may wait for Redis before it fails. Default 2000. */
+  publishTimeout?: number
+  /** Milliseconds registration may wait for the first connection. Default 10000. */
+  connectTimeout?: number
+}
+
+const SCRIPT_SHA = createHash('sha1').update(APPEND_AND_PUBLISH).digest('hex')
+
+// Fail fast instead of queueing while Redis is away: a queued publish would hang, then arrive late and out of order.
+const OWN_CONNECTION: RedisOptions = {
+  enableOfflineQueue: false,
+  maxRetriesPerRequest: 0,
+  autoResendUnfulfilledCommands: false,
+  lazyConnect: false
+}
+
+function fail (name: string, why: string): never {
+  throw new FST_ERR_SSE_INVALID_OPTION(name, why)
+}
+
+function positive (name: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) fail(name, `must be an integer >= 1, got ${String(value)}`)
+  return value
+}
+
+/**
+ * Publishes through Redis so that every instance sharing the prefix delivers the message: appended to a Redis
+ * Stream (the shared history) and published on a channel in one script. Each instance, the publishing one
+ * included, delivers only what comes back on its subscription, so all of them deliver in Redis's order.
+ */
+class RedisAdapter implements EventSourceAdapter {
+  readonly hasHistory: boolean
+  readonly channelPrefix: string
+  readonly streamKey: string
+  readonly messageChannel: string
+  readonly claimChannel: string
+  #userClient: Redis | undefined
+  #url: string | undefined
+  #maxLen: number
+  #timeout: number
+  #connectTimeout: number
+  #client: Redis | undefined
+  #subscriber: Redis | undefined
+  #owned: Redis[] = []
+  #history: RedisStreamsHistory | undefined
+  #host: AdapterHost | undefined
+  #instance = randomUUID()
+  #closed = false
+  #down = false
+
+  constructor (options: RedisAdapterOptions = {}) {
+    if (typeof options !== 'object' || options === null) fail('redisAdapter', 'options must be an object')
+    const { client, url, history } = options
+    if (client !== undefined && (typeof client !== 'object' || client === null || typeof client.duplicate !== 'function')) {
+      fail('client', 'must be an ioredis client')
+    }
+    if (url !== undefined && typeof url !== 'string') fail('url', 'must be a redis:// URL')
+    const prefix = options.channelPrefix ?? 'fastify-event-sources:'
+    if (typeof prefix !== 'string') fail('channelPrefix', 'must be a string')
+    if (history !== undefined && history !== false && (typeof history !== 'object' || history === null)) fail('history', 'must be { maxLen } or false')
+    this.#userClient = client
+    this.#url = url
+    this.#maxLen = history === false ? 0 : positive('history.maxLen', history?.maxLen, 1000)
+    this.#timeout = positive('publishTimeout', options.publishTimeout, 2000)
+    this.#connectTimeout = positive('connectTimeout', options.connectTimeout, 10_000)
+    this.hasHistory = history !== false
+    this.channelPrefix = prefix
+    this.streamKey = prefix + 'stream'
+    this.messageChannel = prefix + 'messages'
+    this.claimChannel = prefix + 'claims'
+  }
+
+  async attach (host: AdapterHost): Promise<void> {
+    if (this.#host !== undefined) throw new FST_ERR_SSE_ADAPTER('a redisAdapter serves one Fastify instance; create one per instance')
+    this.#host = host
+    const user = this.#userClient
+    const client = user ?? this.#own(new Redis(this.#url ?? 'redis://127.0.0.1:6379', OWN_CONNECTION))
+    const subscriber = this.#own(user !== undefined ? user.duplicate({ enableOfflineQueue: false, lazyConnect: false, autoResubscribe: true }) : client.duplicate())
+    this.#client = client
+    this.#subscriber = subscriber
+    if (this.hasHistory) this.#history = new RedisStreamsHistory(client, this.streamKey)
+    subscriber.on('message', (channel: string, payload: string) => {
+      if (channel === this.messageChannel) this.#onMessage(payload)
+      else if (channel === this.claimChannel) this.#onClaim(payload)
+    })
+    try {
+      await Promise.all(this.#owned.map(c => this.#ready(c)))
+      await subscriber.subscribe(this.messageChannel, this.claimChannel)
+    } catch (err) {
+      await this.close()
+      throw new FST_ERR_SSE_ADAPTER(`cannot reach Redis: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
+  async publish (message: PublishedMessage): Promise<void> {
+    const client = this.#client
+    if (client === undefined || this.#closed) throw new FST_ERR_SSE_PUBLISH_FAILED(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
+    try {
+      await this.#bounded(this.hasHistory ? this.#append(client, encode(message, false)) : client.publish(this.messageChannel, '\n' + encode(message, true)))
+    } catch (err) {
+      throw new FST_ERR_SSE_PUBLISH_FAILED((err as Error).message, { cause: err })
+    }
+  }
+
+  async replay (lastEventId: string, identifier: string): Promise<ReplayResult> {
+    const history = this.#history
+    if (history === undefined) return { messages: [], gap: false }
+    return this.#bounded(history.readAfter(lastEventId, identifier))
+  }
+
+  claim (identifier: string, openedAt: number): void {
+    const client = this.#client
+    if (client === undefined || this.#closed) return
+    client.publish(this.claimChannel, JSON.stringify([this.#instance, identifier, openedAt])).catch((err: Error) => {
+      this.#host?.log.warn({ err, identifier }, 'fastify-event-sources: could not announce the identifier to other instances')
+    })
+  }
+
+  /** Closes the connections this adapter opened; a client passed in stays open. */
+  async close (): Promise<void> {
+    this.#closed = true
+    const owned = this.#owned
+    this.#owned = []
+    await Promise.all(owned.map(async connection => {
+      if (connection.status === 'ready') {
+        try {
+          await this.#bounded(connection.quit())
+          return
+        } catch {}
+      }
+      connection.disconnect()
+    }))
+  }
+
+  #own (connection: Redis): Redis {
+    this.#owned.push(connection)
+    // Without a listener ioredis reports every failed reconnect attempt; one warning per outage is enough.
+    connection.on('error', (err: Error) => {
+      if (this.#down || this.#closed) return
+      this.#down = true
+      this.#host?.log.warn({ err }, 'fastify-event-sources: Redis connection lost; reconnecting')
+    })
+    connection.on('ready', () => {
+      if (!this.#down) return
+      this.#down = false
+      this.#host?.log.info('fastify-event-sources: Redis connection back')
+    })
+    return connection
+  }
+
+  async #append (client: Redis, body: string): Promise<unknown> {
+    const args = [1, this.streamKey, this.#maxLen, body, this.messageChannel] as const
+    try {
+      return await client.evalsha(SCRIPT_SHA, ...args)
+    } catch (err) {
+      // After a restart Redis has forgotten the script.
+      if (!String((err as Error).message).startsWith('NOSCRIPT')) throw err
+      return client.eval(APPEND_AND_PUBLISH, ...args)
+    }
+  }
+
+  #onMessage (payload: string): void {
+    const host = this.#host
+    if (host === undefined || this.#closed) return
+    const newline = payload.indexOf('\n')
+    let message: PublishedMessage
+    try {
+      message = decode(payload.slice(newline + 1), newline > 0 ? payload.slice(0, newline) : undefined)
+    } catch (err) {
+      host.log.warn({ err, channel: this.messageChannel }, 'fastify-event-sources: ignored a malformed message from Redis')
+      return
+    }
+    host.deliver(message)
+  }
+
+  #onClaim (payload: string): void {
+    const host = this.#host
+    if (host === undefined || this.#closed) return
+    let claim: unknown
+    try {
+      claim = JSON.parse(payload)
+    } catch {
+      return
+    }
+    if (!Array.isArray(claim) || claim[0] === this.#instance || typeof claim[1] !== 'string' || typeof claim[2] !== 'number') return
+    host.closeOlder(claim[1], claim[2])
+  }
+
+  async #ready (connection: Redis): Promise<void> {
+    if (connection.status === 'ready') return
+    await new Promise<void>((resolve, reject) => {
+      const done = (err?: Error): void => {
+        clearTimeout(timer)
+        connection.off('ready', onReady)
+        connection.off('end', onEnd)
+        if (err === undefined) resolve()
+        else reject(err)
+      }
+      const onReady = (): void => done()
+      const onEnd = (): void => done(new Error('the connection ended'))
+      const timer = setTimeout(done, this.#connectTimeout, new Error(`no connection within ${this.#connectTimeout} ms`))
+      connection.once('ready', onReady)
+      connection.once('end', onEnd)
+    })
+  }
+
+  /** A user's client may queue commands while Redis is away: never wait longer than publishTimeout. */
+  async #bounded<T> (operation: Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    const expired = new Promise<never>((resolve, reject) => {
+      timer = setTimeout(reject, this.#timeout, new Error(`Redis did not answer within ${this.#timeout} ms`))
+      timer.unref()
+    })
+    try {
+      return await Promise.race([operation, expired])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+}
+
+function redisAdapter (options?: RedisAdapterOptions): RedisAdapter {
+  return new RedisAdapter(options)
+}
+
+export = Object.assign(redisAdapter, { default: redisAdapter, redisAdapter, RedisAdapter })

@@ -1,0 +1,44 @@
+import type { Redis } from 'ioredis'
+import type { EventSourceAdapter } from './index'
+
+declare namespace redisAdapter {
+  export interface RedisAdapterOptions {
+    /**
+     * An ioredis client to send commands on. The adapter subscribes on `client.duplicate()` (which it closes)
+     * and never closes `client` itself.
+     */
+    client?: Redis
+    /** Where to connect when no `client` is given. Default `redis://127.0.0.1:6379`. */
+    url?: string
+    /** Prefix of the stream key (`<prefix>stream`) and the channels; instances sharing it reach each other. Default `fastify-event-sources:`. */
+    channelPrefix?: string
+    /**
+     * Shared Last-Event-ID history in a Redis Stream, replacing the plugin's in-memory one: `{ maxLen }`
+     * (default 1000, trimmed approximately with `MAXLEN ~`) or `false` for live delivery only.
+     * With history, a published message's id is its stream id (an `id` passed to publish is replaced).
+     */
+    history?: { maxLen?: number } | false
+    /** Milliseconds a publish (or a replay read) may wait for Redis before it fails. Default 2000. */
+    publishTimeout?: number
+    /** Milliseconds plugin registration may wait for the first connection. Default 10000. */
+    connectTimeout?: number
+  }
+
+  export interface RedisAdapter extends EventSourceAdapter {
+    readonly channelPrefix: string
+    /** `<prefix>stream`: the Redis Stream holding the history. */
+    readonly streamKey: string
+    /** `<prefix>messages`: the channel published messages travel on. */
+    readonly messageChannel: string
+    /** `<prefix>claims`: the channel that tells other instances an identifier was opened here. */
+    readonly claimChannel: string
+  }
+
+  export const RedisAdapter: new (options?: RedisAdapterOptions) => RedisAdapter
+  export { redisAdapter as default }
+  export { redisAdapter }
+}
+
+/** An adapter that carries `eventSources.publish()` to every instance through Redis (plugin option `adapter`). */
+declare function redisAdapter (options?: redisAdapter.RedisAdapterOptions): redisAdapter.RedisAdapter
+export = redisAdapter
