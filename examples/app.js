@@ -130,7 +130,8 @@ function buildDemo (options = {}) {
       const hold = typeof body.hold === 'number' && body.hold >= 0 ? Math.min(body.hold, 60000) : dropHold
       if (hold > 0) holdTab(tab, hold)
       source.close()
-      await post(`tab ${tab} was dropped by the server for ${hold / 1000} s; it gets this message on reconnect`, 'server')
+      const away = hold > 0 ? ` and held off for ${hold / 1000} s` : ''
+      await post(`tab ${tab} was dropped by the server${away}; it gets this message when it reconnects`, 'server')
     })
 
     // Stops a tab for good: a termination event the page acts on, then 204 to any later reconnect.
