@@ -100,7 +100,8 @@ class RedisAdapter implements EventSourceAdapter {
       else if (channel === this.claimChannel) this.#onClaim(payload)
     })
     try {
-      await Promise.all(this.#owned.map(c => this.#ready(c)))
+      if (user?.status === 'wait') user.connect().catch(() => {})
+      await Promise.all([client, subscriber].map(c => this.#ready(c)))
       await subscriber.subscribe(this.messageChannel, this.claimChannel)
     } catch (err) {
       await this.close()
@@ -111,6 +112,8 @@ class RedisAdapter implements EventSourceAdapter {
   async publish (message: PublishedMessage): Promise<void> {
     const client = this.#client
     if (client === undefined || this.#closed) throw new FST_ERR_SSE_PUBLISH_FAILED(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
+    // A user's client may queue while disconnected; a queued publish would be sent after it was reported failed.
+    if (client.status !== 'ready') throw new FST_ERR_SSE_PUBLISH_FAILED(`Redis is not connected (${client.status})`)
     try {
       await this.#bounded(this.hasHistory ? this.#append(client, encode(message, false)) : client.publish(this.messageChannel, '\n' + encode(message, true)))
     } catch (err) {
@@ -121,6 +124,7 @@ class RedisAdapter implements EventSourceAdapter {
   async replay (lastEventId: string, identifier: string): Promise<ReplayResult> {
     const history = this.#history
     if (history === undefined) return { messages: [], gap: false }
+    if (this.#client?.status !== 'ready') throw new FST_ERR_SSE_ADAPTER('Redis is not connected; cannot read the history')
     return this.#bounded(history.readAfter(lastEventId, identifier))
   }
 
@@ -128,7 +132,7 @@ class RedisAdapter implements EventSourceAdapter {
     const client = this.#client
     if (client === undefined || this.#closed) return
     client.publish(this.claimChannel, JSON.stringify([this.#instance, identifier, openedAt])).catch((err: Error) => {
-      this.#host?.log.warn({ err, identifier }, 'fastify-event-sources: could not announce the identifier to other instances')
+      this.#host?.log.debug({ err, identifier }, 'fastify-event-sources: could not announce the identifier to other instances')
     })
   }
 
