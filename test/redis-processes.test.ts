@@ -1,0 +1,150 @@
+import tap, { test, type Test } from 'tap'
+import { fork, type ChildProcess } from 'node:child_process'
+import { join } from 'node:path'
+import { randomBytes } from 'node:crypto'
+import { until } from './helpers/server'
+import { Client, Switchboard, redisClient, redisReady, redisUrl, stored } from './helpers/redis'
+
+/** One instance in a child process (the built package), driven over IPC. */
+class Instance {
+  readonly child: ChildProcess
+  port = 0
+  #n = 0
+  #pending = new Map<number, { resolve: (value: unknown) => void, reject: (err: Error) => void }>()
+
+  constructor (prefix: string) {
+    this.child = fork(join(__dirname, 'fixtures', 'redis-instance.js'), {
+      env: { ...process.env, REDIS_URL: redisUrl, CHANNEL_PREFIX: prefix },
+      execArgv: [],
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc']
+    })
+    this.child.on('message', (message: { n?: number, result?: unknown, error?: string, port?: number }) => {
+      if (message.port !== undefined) this.port = message.port
+      if (message.n === undefined) return
+      const pending = this.#pending.get(message.n)
+      this.#pending.delete(message.n)
+      if (message.error !== undefined) pending?.reject(new Error(message.error))
+      else pending?.resolve(message.result)
+    })
+  }
+
+  get url (): string {
+    return `http://127.0.0.1:${this.port}`
+  }
+
+  async ready (): Promise<void> {
+    await until(() => this.port !== 0 || this.child.exitCode !== null, 15_000, 'the instance to listen')
+    if (this.port === 0) throw new Error('the instance exited')
+  }
+
+  call (command: string, args: Record<string, unknown> = {}): Promise<unknown> {
+    const n = ++this.#n
+    return new Promise((resolve, reject) => {
+      this.#pending.set(n, { resolve, reject })
+      this.child.send({ n, command, args })
+    })
+  }
+
+  publish (data: string, to?: string | { prefix: string }): Promise<unknown> {
+    return this.call('publish', { data, to })
+  }
+
+  async stop (): Promise<void> {
+    if (this.child.exitCode !== null) return
+    const exited = new Promise(resolve => this.child.once('exit', resolve))
+    this.child.disconnect()
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), 3000)
+    await exited
+    clearTimeout(timer)
+  }
+}
+
+interface State { active: boolean, closeReason: string | null, replay: { replayed: number, gap: boolean } | null, lastEventId: string | null }
+
+async function cluster (t: Test, size: number): Promise<{ nodes: Instance[], prefix: string }> {
+  const prefix = `fes-proc:${process.pid}:${randomBytes(4).toString('hex')}:`
+  const nodes = Array.from({ length: size }, () => new Instance(prefix))
+  t.teardown(async () => {
+    await Promise.all(nodes.map(node => node.stop()))
+    await redisClient(t).del(prefix + 'stream')
+  })
+  await Promise.all(nodes.map(node => node.ready()))
+  return { nodes, prefix }
+}
+
+/** Asks an instance for a source's state until `ok` holds. */
+async function stateWhen (node: Instance, id: string, ok: (state: State) => boolean, what: string): Promise<State> {
+  const deadline = Date.now() + 5000
+  for (;;) {
+    const state = await node.call('state', { id }) as State | null
+    if (state !== null && ok(state)) return state
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 10))
+  }
+}
+
+function opened (node: Instance, id: string, lastEventId?: string): Promise<State> {
+  return stateWhen(node, id, s => s.active && (lastEventId === undefined || s.lastEventId === lastEventId), `${id} to open`)
+}
+
+if (redisReady(tap)) {
+  test('separate processes: publish to all, to one identifier and to a prefix, each client once and in the stream order', async t => {
+    const { nodes: [a, b], prefix } = await cluster(t, 2)
+    const p1 = new Client(t, a.url + '/events/p:1')
+    const p2 = new Client(t, b.url + '/events/p:2')
+    const q1 = new Client(t, b.url + '/events/q:1')
+    await Promise.all([opened(a, 'p:1'), opened(b, 'p:2'), opened(b, 'q:1')])
+
+    await a.publish('to all')
+    await b.publish('to p:1', 'p:1')
+    await a.publish('to p:*', { prefix: 'p:' })
+    await Promise.all(Array.from({ length: 10 }, (_, n) => [a.publish(`a${n}`), b.publish(`b${n}`)]).flat())
+    await b.publish('end')
+    await until(() => [p1, p2, q1].every(c => c.data.includes('end')), 5000, 'the end marker')
+
+    const order = await stored(redisClient(t), prefix)
+    const concurrent = order.map(([, data]) => data).filter(d => /^[ab]\d$/.test(d))
+    t.equal(concurrent.length, 20)
+    t.same(p1.data, ['to all', 'to p:1', 'to p:*', ...concurrent, 'end'])
+    t.same(p2.data, ['to all', 'to p:*', ...concurrent, 'end'])
+    t.same(q1.data, ['to all', ...concurrent, 'end'])
+    t.same(p1.events.map(e => e.id), order.map(([id]) => id), 'ids are the stream ids')
+  })
+
+  test('separate processes: a client that drops reconnects to a third instance and resumes without gap or duplicate', async t => {
+    const { nodes: [a, b, c] } = await cluster(t, 3)
+    const board = new Switchboard(t, a.port)
+    const client = new Client(t, a.url + '/events/roamer', { node: { dispatcher: board.agent } })
+    await opened(a, 'roamer')
+    for (const n of [1, 2]) await b.publish(`m${n}`)
+    await until(() => client.data.length === 2)
+
+    board.hold()
+    board.port = c.port
+    board.drop()
+    await until(() => board.waiting === 1, 3000, 'the reconnection')
+    for (const n of [3, 4, 5]) await a.publish(`m${n}`)
+    board.release()
+    const state = await opened(c, 'roamer', client.events[1].id)
+    await b.publish('m6')
+    await until(() => client.data.includes('m6'), 5000, 'the live message')
+    t.same(client.data, ['m1', 'm2', 'm3', 'm4', 'm5', 'm6'])
+    t.same(state.replay, { replayed: 3, gap: false })
+  })
+
+  test('separate processes: the newest source with an identifier wins', async t => {
+    const { nodes: [a, b] } = await cluster(t, 2)
+    const controller = new AbortController()
+    t.teardown(() => controller.abort())
+    const older = await fetch(a.url + '/events/twin', { signal: controller.signal })
+    t.equal(older.status, 200)
+    await opened(a, 'twin')
+    const newer = new Client(t, b.url + '/events/twin')
+    await opened(b, 'twin')
+    const closed = await stateWhen(a, 'twin', s => !s.active, 'the older source to close')
+    t.equal(closed.closeReason, 'replaced')
+    await a.publish('only the newer')
+    await until(() => newer.data.length === 1)
+    t.same(newer.data, ['only the newer'])
+  })
+}
