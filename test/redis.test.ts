@@ -1,6 +1,8 @@
 import tap, { test, type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { createParser } from 'eventsource-parser'
+import { spawnSync } from 'node:child_process'
+import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import redisAdapter from '../lib/adapters/redis'
 import type { RedisAdapterOptions } from '../types/redis'
@@ -249,6 +251,38 @@ if (redisReady(tap)) {
     t.equal(user.status, 'ready')
     t.equal(await user.ping(), 'PONG')
     t.same(await redis.pubsub('NUMSUB', prefix + 'messages'), [prefix + 'messages', 0], 'the duplicate it subscribed on is closed')
+  })
+
+  test('an instance whose subscription drops delivers what was published meanwhile once it is back, in order', async t => {
+    const prefix = uniquePrefix(t)
+    const redis = redisClient(t)
+    const name = prefix.replace(/:/g, '-') + 'slow'
+    // The subscriber is a duplicate of this client, so it reconnects as slowly: the outage is sure to be seen.
+    const user = new Redis(redisUrl, { connectionName: name, retryStrategy: () => 400 })
+    user.on('error', () => {})
+    t.teardown(() => { user.disconnect() })
+    const a = await start(t, routes, { adapter: redisAdapter({ client: user, channelPrefix: prefix }) })
+    const b = await instance(t, prefix)
+    const client = new Client(t, a.url + '/events/steady')
+    await until(() => a.app.eventSources.activeConnections === 1)
+    await b.app.eventSources.publish('before')
+    await until(() => client.data.length === 1)
+
+    const subscriber = (await redis.client('LIST') as string).split('\n').find(line => line.includes(` name=${name} `) && !/ sub=0 /.test(line))
+    const id = /^id=(\d+) /.exec(subscriber ?? '')?.[1]
+    t.ok(id, 'found the subscriber connection')
+    await redis.client('KILL', 'ID', id as string)
+    for (const n of [1, 2, 3]) await b.app.eventSources.publish(`while away ${n}`)
+    await until(() => client.data.length === 4, 5000, 'the missed messages')
+    await settle(b.app, [client])
+    t.same(client.data, ['before', 'while away 1', 'while away 2', 'while away 3', 'end'])
+    t.same(client.events.map(e => e.id), (await stored(redis, prefix)).map(([id]) => id))
+    t.equal(client.opens, 1, 'the stream stayed open')
+  })
+
+  test('the main entry does not load ioredis', async t => {
+    const probe = spawnSync(process.execPath, ['-e', "require('./dist/index.js'); process.stdout.write(String(Object.keys(require.cache).some(k => k.includes('ioredis'))))"], { cwd: join(__dirname, '..') })
+    t.equal(probe.stdout.toString(), 'false')
   })
 
   test('bad options throw at creation, naming the option', async t => {

@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
 import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_INVALID_OPTION, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
-import { APPEND_AND_PUBLISH, RedisStreamsHistory, decode, encode } from '../history/redis-streams'
+import { APPEND_AND_PUBLISH, RedisStreamsHistory, decode, encode, isAfter } from '../history/redis-streams'
 import type { AdapterHost, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
 
 interface RedisAdapterOptions {
@@ -63,6 +63,11 @@ class RedisAdapter implements EventSourceAdapter {
   #instance = randomUUID()
   #closed = false
   #down = false
+  #subscribed = false
+  /** The newest stream id delivered here (history on only): where catching up starts. */
+  #lastId: string | undefined
+  /** Live messages held back while catching up. */
+  #buffer: PublishedMessage[] | null = null
 
   constructor (options: RedisAdapterOptions = {}) {
     if (typeof options !== 'object' || options === null) fail('redisAdapter', 'options must be an object')
@@ -91,7 +96,8 @@ class RedisAdapter implements EventSourceAdapter {
     this.#host = host
     const user = this.#userClient
     const client = user ?? this.#own(new Redis(this.#url ?? 'redis://127.0.0.1:6379', OWN_CONNECTION))
-    const subscriber = this.#own(user !== undefined ? user.duplicate({ enableOfflineQueue: false, lazyConnect: false, autoResubscribe: true }) : client.duplicate())
+    // Subscribing again is done here, not by ioredis, so that catching up starts once the subscription holds.
+    const subscriber = this.#own((user ?? client).duplicate({ enableOfflineQueue: false, lazyConnect: false, autoResubscribe: false }))
     this.#client = client
     this.#subscriber = subscriber
     if (this.hasHistory) this.#history = new RedisStreamsHistory(client, this.streamKey)
@@ -99,14 +105,19 @@ class RedisAdapter implements EventSourceAdapter {
       if (channel === this.messageChannel) this.#onMessage(payload)
       else if (channel === this.claimChannel) this.#onClaim(payload)
     })
+    subscriber.on('ready', () => {
+      if (this.#subscribed) this.#resubscribe(subscriber).catch(() => {})
+    })
     try {
       if (user?.status === 'wait') user.connect().catch(() => {})
       await Promise.all([client, subscriber].map(c => this.#ready(c)))
       await subscriber.subscribe(this.messageChannel, this.claimChannel)
+      if (this.#history !== undefined) this.#seen(await this.#history.latestId())
     } catch (err) {
       await this.close()
       throw new FST_ERR_SSE_ADAPTER(`cannot reach Redis: ${(err as Error).message}`, { cause: err })
     }
+    this.#subscribed = true
   }
 
   async publish (message: PublishedMessage): Promise<void> {
@@ -190,7 +201,50 @@ class RedisAdapter implements EventSourceAdapter {
       host.log.warn({ err, channel: this.messageChannel }, 'fastify-event-sources: ignored a malformed message from Redis')
       return
     }
+    if (this.#buffer !== null) this.#buffer.push(message)
+    else this.#deliver(host, message)
+  }
+
+  #deliver (host: AdapterHost, message: PublishedMessage): void {
+    if (this.#history !== undefined && message.id !== undefined) this.#lastId = message.id
     host.deliver(message)
+  }
+
+  #seen (id: string): void {
+    if (this.#lastId === undefined || isAfter(id, this.#lastId)) this.#lastId = id
+  }
+
+  /**
+   * Pub/sub drops what is published while a subscriber is away. Once subscribed again, read what the stream
+   * got meanwhile and deliver it ahead of the live messages held back until then (minus those it covered).
+   */
+  async #resubscribe (subscriber: Redis): Promise<void> {
+    const history = this.#history
+    const client = this.#client as Redis
+    const held: PublishedMessage[] = []
+    let missed: PublishedMessage[] = []
+    this.#buffer = held
+    try {
+      await subscriber.subscribe(this.messageChannel, this.claimChannel)
+      const from = this.#lastId
+      if (history !== undefined && from !== undefined) {
+        await this.#ready(client)
+        missed = await this.#bounded(history.after(from))
+        if (missed.length > 0) this.#host?.log.info({ missed: missed.length }, 'fastify-event-sources: delivering what was published while the subscription was down')
+      }
+    } catch (err) {
+      this.#host?.log.warn({ err }, 'fastify-event-sources: could not catch up after reconnecting to Redis')
+    } finally {
+      if (this.#buffer === held) this.#buffer = null
+      const host = this.#host
+      if (host !== undefined && !this.#closed) {
+        for (const message of missed) this.#deliver(host, message)
+        const last = missed.length > 0 ? missed[missed.length - 1].id as string : undefined
+        for (const message of held) {
+          if (last === undefined || message.id === undefined || isAfter(message.id, last)) this.#deliver(host, message)
+        }
+      }
+    }
   }
 
   #onClaim (payload: string): void {

@@ -72,7 +72,19 @@ export class RedisStreamsHistory {
     return this.#result(all, identifier, true, all.length > 0 ? all[all.length - 1][0] : undefined)
   }
 
-  #result (entries: Entry[], identifier: string, gap: boolean, latestId: string | undefined): ReplayResult {
+  /** Every message after `id` (all targets), for an instance catching up after its subscription was down. */
+  async after (id: string): Promise<PublishedMessage[]> {
+    const entries = await this.#client.xrange(this.#key, '(' + id, '+') as Entry[]
+    return this.#result(entries, undefined, false, undefined).messages
+  }
+
+  /** The newest id held, or `0-0` when the stream is empty. */
+  async latestId (): Promise<string> {
+    const entries = await this.#client.xrevrange(this.#key, '+', '-', 'COUNT', 1) as Entry[]
+    return entries.length > 0 ? entries[0][0] : '0-0'
+  }
+
+  #result (entries: Entry[], identifier: string | undefined, gap: boolean, latestId: string | undefined): ReplayResult {
     const messages: PublishedMessage[] = []
     for (const [id, fields] of entries) {
       const body = field(fields, 'm')
@@ -83,10 +95,17 @@ export class RedisStreamsHistory {
       } catch {
         continue
       }
-      if (matchesTarget(message.to, identifier)) messages.push(message)
+      if (identifier === undefined || matchesTarget(message.to, identifier)) messages.push(message)
     }
     return latestId === undefined ? { messages, gap } : { messages, gap, latestId }
   }
+}
+
+/** Stream ids are `<ms>-<seq>`: compares them as numbers, not as text. */
+export function isAfter (id: string, than: string): boolean {
+  const [ms, seq] = id.split('-').map(Number)
+  const [thanMs, thanSeq] = than.split('-').map(Number)
+  return ms > thanMs || (ms === thanMs && seq > thanSeq)
 }
 
 function field (fields: string[], name: string): string | undefined {
