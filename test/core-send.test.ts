@@ -154,14 +154,14 @@ test('named events reach their listeners and ids become the client\'s lastEventI
   const es = openEventSource(t, url + '/sse')
   const got: string[][] = []
   es.onmessage = e => got.push(['message', e.data, e.lastEventId])
-  es.addEventListener('custom', e => got.push(['custom', e.data, e.lastEventId]))
-  es.addEventListener('other', e => got.push(['other', e.data, e.lastEventId]))
+  es.addEventListener('custom', e => got.push(['custom', (e as MessageEvent).data, (e as MessageEvent).lastEventId]))
+  es.addEventListener('other', e => got.push(['other', (e as MessageEvent).data, (e as MessageEvent).lastEventId]))
   await until(() => got.some(g => g[1] === 'done'), 3000, 'done')
   t.same(got, [['custom', 'a', '7'], ['message', 'b', '7'], ['message', 'c', 'x y'], ['other', 'd', 'x y'], ['message', 'done', 'x y']])
 })
 
 test('id \'\' resets the client\'s last event id, so a reconnect sends no Last-Event-ID', async t => {
-  const seen: (string | undefined)[] = []
+  const seen: string[] = []
   const { url } = await start(t, app => {
     app.get('/sse/:mode', async request => {
       const mode = (request.params as { mode: string }).mode

@@ -1,12 +1,10 @@
 import { execFile } from 'node:child_process'
 import { request as httpRequest } from 'node:http'
 import Fastify from 'fastify'
-import { test } from 'tap'
+import { test, type Test } from 'tap'
 import eventSources from '../lib/index'
 import type { HttpRequestEventSource } from '../types/index'
 import { until } from './helpers/server'
-
-type T = Parameters<typeof test>[1] extends ((t: infer X) => unknown) | undefined ? X : never
 
 interface Raw {
   text: string
@@ -14,7 +12,7 @@ interface Raw {
   pause: () => void
 }
 
-async function openRaw (t: T, url: string): Promise<Raw> {
+async function openRaw (t: Test, url: string): Promise<Raw> {
   const req = httpRequest(url, { agent: false })
   req.on('error', () => {})
   t.teardown(() => { req.destroy() })
