@@ -75,6 +75,10 @@ function streamFailed (request: FastifyRequest, err: unknown): boolean {
 
 const plugin = fp(fastifyEventSources, { fastify: '5.x', name: 'fastify-event-sources' })
 
+// Node finds the named exports of an ESM import by scanning this file's CommonJS output for `exports.name =`;
+// it cannot see through the Object.assign below, which is what actually holds the values.
+exports.default = exports.fastifyEventSources = exports.MemoryHistory = exports.errors = undefined
+
 export = Object.assign(plugin, {
   default: plugin,
   fastifyEventSources: plugin,
