@@ -89,6 +89,8 @@ if (!hasServer) {
 
     await stopRedis(server)
     await t.rejects(a.app.eventSources.publish('while down'), { code: 'FST_ERR_SSE_PUBLISH_FAILED' }, 'fails at once on the connection the adapter opened')
+    // Sent before the client notices the loss, a command is resent on reconnect: that outcome is unknown (a timeout).
+    await until(() => user.status !== 'ready', 5000, 'the user client to notice')
     await t.rejects(b.app.eventSources.publish('while down'), { code: 'FST_ERR_SSE_PUBLISH_FAILED', message: /not connected/ }, 'also through a user client, which would queue it')
     await new Promise(resolve => setTimeout(resolve, 300))
 
