@@ -1,0 +1,165 @@
+'use strict'
+
+// Runs every contender side by side: for each N, each server in turn on one core and the load client on the
+// other, then writes bench/results/*.json and regenerates BENCHMARKS.md and the chart.
+//
+//   node bench/run.js            short run (N = 1,000 and 5,000), under two minutes
+//   node bench/run.js --full     N = 1,000, 5,000 and 10,000, more rounds, longer sustained runs
+//   options: --only=plain,plugin  --n=1000,5000  --no-report
+
+const { spawn, execFileSync } = require('node:child_process')
+const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
+const { writeReport } = require('./report')
+
+const args = process.argv.slice(2)
+const flag = name => args.find(a => a === `--${name}` || a.startsWith(`--${name}=`))
+const value = name => flag(name)?.split('=')[1]
+const full = flag('full') !== undefined
+
+const CONTENDERS = [
+  { id: 'plain', file: 'plain-node.js', label: 'node:http, one Buffer (the limit)', pings: true },
+  { id: 'plugin', file: 'plugin.js', env: { VARIANT: 'broadcast' }, label: 'fastify-event-sources broadcast()', pings: true },
+  { id: 'plugin-publish', file: 'plugin.js', env: { VARIANT: 'publish' }, label: 'fastify-event-sources publish() + history' },
+  { id: 'plugin-batch', file: 'plugin.js', env: { VARIANT: 'batch' }, label: 'fastify-event-sources broadcast(), batch: true' },
+  { id: 'fastify-sse', file: 'fastify-sse.js', label: '@fastify/sse', pings: true },
+  { id: 'better-sse', file: 'better-sse.js', label: 'better-sse (channel)', pings: true },
+  { id: 'fastify-sse-v2', file: 'fastify-sse-v2.js', label: 'fastify-sse-v2' }
+]
+
+const plan = full
+  ? { mode: 'full', ns: [1000, 5000, 10000], rounds: 15, healthRounds: 3, blastMs: 4000, bursts: [1, 10], pingNs: [1000, 10000], pingMs: 1000, windowMs: 5000 }
+  : { mode: 'short', ns: [1000, 5000], rounds: 5, healthRounds: 2, blastMs: 1200, bursts: [1, 10], pingNs: [5000], pingMs: 1000, windowMs: 3000 }
+if (value('n') !== undefined) plan.ns = plan.pingNs = value('n').split(',').map(Number)
+const only = value('only')?.split(',')
+const contenders = only ? CONTENDERS.filter(c => only.includes(c.id)) : CONTENDERS
+
+const hasTaskset = (() => {
+  try {
+    execFileSync('taskset', ['-c', '0', 'true'])
+    return true
+  } catch {
+    return false
+  }
+})()
+const cores = os.cpus().length
+
+// Both processes get the hard limit of open files (the shell's soft limit is often 1024), and a core each.
+function pinned (core, nodeArgs, env) {
+  const pin = hasTaskset && cores > 1 ? `taskset -c ${core} ` : ''
+  const quoted = nodeArgs.map(a => `'${a.replace(/'/g, "'\\''")}'`).join(' ')
+  return spawn('bash', ['-c', `ulimit -n "$(ulimit -Hn)"; exec ${pin}node ${quoted}`], {
+    env: { ...process.env, ...env },
+    stdio: ['pipe', 'pipe', 'inherit']
+  })
+}
+
+function firstLine (child, match) {
+  return new Promise((resolve, reject) => {
+    let buf = ''
+    const onData = chunk => {
+      buf += chunk
+      let nl
+      while ((nl = buf.indexOf('\n')) !== -1) {
+        const line = buf.slice(0, nl)
+        buf = buf.slice(nl + 1)
+        if (match(line)) {
+          child.stdout.off('data', onData)
+          resolve(line)
+          return
+        }
+      }
+    }
+    child.stdout.setEncoding('utf8')
+    child.stdout.on('data', onData)
+    child.once('exit', code => reject(new Error(`exited with ${code} before answering`)))
+  })
+}
+
+async function runOne (contender, n, mode) {
+  const env = { ...contender.env, PING_MS: mode === 'ping' ? String(plan.pingMs) : '0' }
+  const server = pinned(0, ['--expose-gc', path.join(__dirname, 'servers', contender.file)], env)
+  const serverExit = new Promise(resolve => server.once('exit', resolve))
+  try {
+    const port = Number((await firstLine(server, l => l.startsWith('listening '))).split(' ')[1])
+    const cfg = { port, n, mode, pingMs: plan.pingMs, windowMs: plan.windowMs, rounds: plan.rounds, healthRounds: plan.healthRounds, blastMs: plan.blastMs, bursts: plan.bursts }
+    const client = pinned(1, [path.join(__dirname, 'load-client.js'), JSON.stringify(cfg)], {})
+    const clientExit = new Promise(resolve => client.once('exit', resolve))
+    let result
+    try {
+      result = JSON.parse(await firstLine(client, l => l.startsWith('{')))
+    } finally {
+      server.kill('SIGKILL')
+      await serverExit
+      client.stdin.end()
+      setTimeout(() => client.kill('SIGKILL'), 3000).unref()
+      await clientExit
+    }
+    return result
+  } finally {
+    server.kill('SIGKILL')
+  }
+}
+
+function versions () {
+  const v = name => JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'node_modules', name, 'package.json'), 'utf8')).version
+  let commit = ''
+  try {
+    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: path.join(__dirname, '..') }).toString().trim()
+  } catch {}
+  return {
+    node: process.version,
+    'fastify-event-sources': `${require('../package.json').version} (${commit})`,
+    fastify: v('fastify'),
+    '@fastify/sse': v('@fastify/sse'),
+    'better-sse': v('better-sse'),
+    'fastify-sse-v2': v('fastify-sse-v2')
+  }
+}
+
+function machine () {
+  return {
+    cpu: os.cpus()[0].model.trim(),
+    cores,
+    memoryGB: Math.round(os.totalmem() / 2 ** 30),
+    os: `${os.type()} ${os.release()}`,
+    pinned: hasTaskset && cores > 1 ? 'server on CPU 0, load client on CPU 1 (taskset)' : 'not pinned'
+  }
+}
+
+async function main () {
+  const started = Date.now()
+  const results = { mode: plan.mode, plan, date: new Date().toISOString(), machine: machine(), versions: versions(), contenders: contenders.map(({ id, label }) => ({ id, label })), runs: [] }
+  for (const n of plan.ns) {
+    for (const contender of contenders) {
+      const t0 = Date.now()
+      const r = await runOne(contender, n, 'main')
+      results.runs.push({ contender: contender.id, ...r })
+      const f = r.fanout
+      console.log(`${String(n).padStart(6)} ${contender.id.padEnd(15)} ${r.error ?? `p99 ${f.p99ms} ms, ${r.sustained.map(s => `${s.deliveredPerSec}/s`).join(' ')}, ${r.memory.rssPerConn} B/conn, ${r.connect.perSec} conn/s`} (${((Date.now() - t0) / 1000).toFixed(1)} s)`)
+    }
+  }
+  for (const n of plan.pingNs) {
+    for (const contender of contenders.filter(c => c.pings)) {
+      const r = await runOne(contender, n, 'ping')
+      results.runs.push({ contender: contender.id, ...r })
+      console.log(`${String(n).padStart(6)} ${contender.id.padEnd(15)} ${r.error ?? `ping round ${r.ping.cpuMsPerRound} ms cpu, ${r.ping.timers} timers, loop max ${r.ping.loopMaxMs} ms`}`)
+    }
+  }
+  results.elapsedSec = Math.round((Date.now() - started) / 1000)
+  const dir = path.join(__dirname, 'results')
+  fs.mkdirSync(dir, { recursive: true })
+  const file = path.join(dir, `${plan.mode}.json`)
+  fs.writeFileSync(file, JSON.stringify(results, null, 2) + '\n')
+  console.log(`results: ${path.relative(process.cwd(), file)} (${results.elapsedSec} s)`)
+  if (flag('no-report') === undefined && only === undefined && value('n') === undefined) {
+    writeReport(results)
+    console.log('wrote BENCHMARKS.md and bench/results/chart.svg')
+  }
+}
+
+main().catch(err => {
+  console.error(err)
+  process.exit(1)
+})

@@ -1,0 +1,171 @@
+'use strict'
+
+// The control surface every contender's server exposes, so one load client drives them all the same way.
+// A contender is { responses(): Iterable<ServerResponse>, broadcast(event): void | Promise<void> }.
+
+
+let seq = 0
+/** The event every contender sends: a sequence number and the monotonic clock in ns, read by the client. */
+function nextEvent () {
+  return { s: ++seq, t: String(process.hrtime.bigint()) }
+}
+
+function memory () {
+  if (typeof global.gc === 'function') {
+    global.gc()
+    global.gc()
+  }
+  const m = process.memoryUsage()
+  return { rss: m.rss, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers }
+}
+
+const PING_MS = Number(process.env.PING_MS) || 0
+
+// Live timers, ref'd or not (getActiveResourcesInfo skips unref'd ones); only tracked in ping runs.
+const liveTimers = new Set()
+if (PING_MS > 0) {
+  require('node:async_hooks').createHook({
+    init (id, type) {
+      if (type === 'Timeout') liveTimers.add(id)
+    },
+    destroy (id) {
+      liveTimers.delete(id)
+    }
+  }).enable()
+}
+function timers () {
+  return PING_MS > 0 ? liveTimers.size : undefined
+}
+
+const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
+const tick = () => new Promise(resolve => setImmediate(resolve))
+
+function drained (res) {
+  return new Promise(resolve => {
+    const done = () => {
+      res.off('drain', done)
+      res.off('close', done)
+      resolve()
+    }
+    res.on('drain', done)
+    res.on('close', done)
+  })
+}
+
+// The longest stretch the loop went without running a timer: how long any other request would have waited.
+function loopWatch (everyMs) {
+  let last = 0
+  let max = 0
+  let timer
+  const check = () => {
+    const t = performance.now()
+    if (t - last > max) max = t - last
+    last = t
+    timer = setTimeout(check, everyMs)
+  }
+  return {
+    start () {
+      clearTimeout(timer)
+      max = 0
+      last = performance.now()
+      timer = setTimeout(check, everyMs)
+    },
+    stop () {
+      clearTimeout(timer)
+      const t = performance.now()
+      return Math.max(max, t - last) - everyMs
+    }
+  }
+}
+
+function createControl (contender) {
+  const loop = loopWatch(1)
+  const coarse = loopWatch(10)
+  let cpuAtBroadcast
+  let sockets = 0
+
+  function count () {
+    let n = 0
+    for (const res of contender.responses()) if (!res.destroyed) n++
+    return n
+  }
+
+  // Sustained broadcasting with the same global backpressure for everyone: after each tick, wait for every
+  // socket that asked for drain.
+  async function blast (ms, burst) {
+    const cpu0 = process.cpuUsage()
+    const t0 = performance.now()
+    const end = t0 + ms
+    let broadcasts = 0
+    let waits = 0
+    while (performance.now() < end) {
+      for (let k = 0; k < burst; k++, broadcasts++) await contender.broadcast(nextEvent())
+      await tick()
+      const pending = []
+      for (const res of contender.responses()) if (res.writableNeedDrain && !res.destroyed) pending.push(drained(res))
+      if (pending.length > 0) {
+        waits++
+        await Promise.all(pending)
+      }
+    }
+    const elapsedMs = performance.now() - t0
+    const cpu = process.cpuUsage(cpu0)
+    return { broadcasts, burst, drainWaits: waits, elapsedMs, serverCpuPct: (cpu.user + cpu.system) / 10 / elapsedMs }
+  }
+
+  // A coarse loop watch here: a 1 ms one would cost more CPU than the pings being measured.
+  async function pingWindow (ms) {
+    coarse.start()
+    const cpu0 = process.cpuUsage()
+    await sleep(ms)
+    const cpu = process.cpuUsage(cpu0)
+    return { windowMs: ms, cpuMs: (cpu.user + cpu.system) / 1000, loopMaxMs: coarse.stop(), timers: timers() }
+  }
+
+  return {
+    routes: {
+      '/health': () => ({ ok: true }),
+      '/stats': () => ({ conns: count(), sockets, timers: timers(), ...memory() }),
+      '/broadcast': async () => {
+        loop.start()
+        cpuAtBroadcast = process.cpuUsage()
+        const t0 = performance.now()
+        await contender.broadcast(nextEvent())
+        return { syncMs: performance.now() - t0 }
+      },
+      // Called by the client once every connection has the event: the loop's longest block and the CPU it took.
+      '/loop': () => {
+        const cpu = process.cpuUsage(cpuAtBroadcast)
+        return { loopMaxMs: loop.stop(), cpuMs: (cpu.user + cpu.system) / 1000 }
+      },
+      '/blast': query => blast(Number(query.ms) || 2000, Number(query.burst) || 1),
+      '/ping-round': query => pingWindow(Number(query.ms) || 3000)
+    },
+    connected () {
+      sockets++
+    }
+  }
+}
+
+function parseQuery (url) {
+  const q = url.indexOf('?')
+  return q === -1 ? {} : Object.fromEntries(new URLSearchParams(url.slice(q + 1)))
+}
+
+/** Adds the control routes to a Fastify app (the same handlers the plain server calls). */
+function fastifyControl (app, control) {
+  for (const [path, handler] of Object.entries(control.routes)) {
+    app.get(path, async request => handler(request.query))
+  }
+}
+
+/** Listens on a free loopback port and reports it on stdout for the orchestrator. */
+async function listenFastify (app) {
+  app.server.requestTimeout = 0
+  app.server.headersTimeout = 0
+  app.server.keepAliveTimeout = 0
+  await app.listen({ port: 0, host: '127.0.0.1', backlog: 4096 })
+  process.stdout.write(`listening ${app.server.address().port}\n`)
+}
+
+module.exports = { createControl, fastifyControl, listenFastify, nextEvent, parseQuery, PING_MS }

@@ -1,0 +1,38 @@
+'use strict'
+
+// This plugin, in one of three modes (VARIANT): broadcast (identified sources), publish (history on), batch.
+
+const Fastify = require('fastify')
+const eventSources = require('../../dist/index.js')
+const { createControl, fastifyControl, listenFastify, PING_MS } = require('./control')
+
+const variant = process.env.VARIANT || 'broadcast'
+
+async function main () {
+  const app = Fastify({ logger: false })
+  await app.register(eventSources, {
+    history: variant === 'publish' ? { size: 1000 } : false,
+    batch: variant === 'batch',
+    ping: PING_MS > 0 ? { interval: PING_MS } : undefined
+  })
+  const sources = app.eventSources
+  const control = createControl({
+    * responses () {
+      for (const source of sources.all()) yield source.reply.raw
+    },
+    broadcast: variant === 'publish'
+      ? event => sources.publish(event)
+      : event => { sources.broadcast(event) }
+  })
+  fastifyControl(app, control)
+  let n = 0
+  app.get('/sse', request => {
+    const sse = request.getEventSource('c' + (++n))
+    sse.send('hello')
+    control.connected()
+    return sse.keepAlive()
+  })
+  await listenFastify(app)
+}
+
+main()
