@@ -3,7 +3,6 @@
 // The control surface every contender's server exposes, so one load client drives them all the same way.
 // A contender is { responses(): Iterable<ServerResponse>, broadcast(event): void | Promise<void> }.
 
-
 let seq = 0
 /** The event every contender sends: a sequence number and the monotonic clock in ns, read by the client. */
 function nextEvent () {
