@@ -285,6 +285,14 @@ if (redisReady(tap)) {
     t.equal(probe.stdout.toString(), 'false')
   })
 
+  test('fastify-event-sources/redis loads from CommonJS and ESM', async t => {
+    const cjs = "const r = require('fastify-event-sources/redis'); process.stdout.write([typeof r, typeof r.default, typeof r.redisAdapter, typeof r.RedisAdapter].join())"
+    const esm = "import redisAdapter, { redisAdapter as named, RedisAdapter } from 'fastify-event-sources/redis'; process.stdout.write([typeof redisAdapter, named === redisAdapter, typeof RedisAdapter].join())"
+    const root = join(__dirname, '..')
+    t.equal(spawnSync(process.execPath, ['-e', cjs], { cwd: root }).stdout.toString(), 'function,function,function,function')
+    t.equal(spawnSync(process.execPath, ['--input-type=module', '-e', esm], { cwd: root }).stdout.toString(), 'function,true,function')
+  })
+
   test('bad options throw at creation, naming the option', async t => {
     t.throws(() => redisAdapter({ channelPrefix: 1 as unknown as string }), { code: 'FST_ERR_SSE_INVALID_OPTION', message: /channelPrefix/ })
     t.throws(() => redisAdapter({ history: { maxLen: 0 } }), { code: 'FST_ERR_SSE_INVALID_OPTION', message: /history\.maxLen/ })

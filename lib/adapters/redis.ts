@@ -297,4 +297,7 @@ function redisAdapter (options?: RedisAdapterOptions): RedisAdapter {
   return new RedisAdapter(options)
 }
 
+// Node finds an ESM import's named exports by scanning for `exports.name =`; it cannot see through Object.assign.
+exports.default = exports.redisAdapter = exports.RedisAdapter = undefined
+
 export = Object.assign(redisAdapter, { default: redisAdapter, redisAdapter, RedisAdapter })
