@@ -1,0 +1,29 @@
+import Fastify from 'fastify'
+import { Redis } from 'ioredis'
+import { expect, test } from 'tstyche'
+import eventSources, { type EventSourceAdapter } from './index'
+import redisAdapter, { RedisAdapter, redisAdapter as named, type RedisAdapterOptions } from './redis'
+import required = require('./redis')
+
+test('redisAdapter is the default export, a named export and what require() gives', () => {
+  expect(named).type.toBe(redisAdapter)
+  expect(required).type.toBe(redisAdapter)
+  expect(required.redisAdapter).type.toBe(redisAdapter)
+})
+
+test('it returns an adapter the plugin accepts', () => {
+  const adapter = redisAdapter({ url: 'redis://127.0.0.1:6379', channelPrefix: 'app:', history: { maxLen: 5000 }, publishTimeout: 1000 })
+  expect(adapter).type.toBeAssignableTo<EventSourceAdapter>()
+  expect(adapter.streamKey).type.toBe<string>()
+  expect(new RedisAdapter()).type.toBe<ReturnType<typeof redisAdapter>>()
+  expect(Fastify().register(eventSources, { adapter })).type.not.toRaiseError()
+})
+
+test('options', () => {
+  expect(redisAdapter()).type.not.toRaiseError()
+  expect(redisAdapter({ client: new Redis(), history: false })).type.not.toRaiseError()
+  expect<RedisAdapterOptions>().type.not.toBeAssignableFrom({ client: 'redis://localhost' })
+  expect<RedisAdapterOptions>().type.not.toBeAssignableFrom({ history: { size: 10 } })
+  expect<RedisAdapterOptions>().type.not.toBeAssignableFrom({ history: true })
+  expect<RedisAdapterOptions>().type.not.toBeAssignableFrom({ publishTimeout: '1s' })
+})
