@@ -1,3 +1,4 @@
+import cors from '@fastify/cors'
 import { request as httpRequest, type IncomingMessage } from 'node:http'
 import { connect, constants as h2 } from 'node:http2'
 import { test } from 'tap'
@@ -223,4 +224,22 @@ test('flush() makes the client open without any event', async t => {
   await until(() => opened, 3000, 'open')
   t.equal(es.readyState, EventSource.OPEN)
   t.equal(messages, 0)
+})
+
+test('CORS headers from @fastify/cors are carried into the stream', async t => {
+  const { url } = await start(t, app => {
+    app.register(cors, { origin: 'https://app.example', credentials: true })
+    app.after(() => {
+      app.get('/sse', async request => {
+        const sse = request.getEventSource()
+        sse.flush()
+        await sse.keepAlive()
+      })
+    })
+  })
+  const res = await get(t, url + '/sse', { origin: 'https://app.example' }).head
+  t.equal(res.statusCode, 200)
+  t.equal(res.headers['access-control-allow-origin'], 'https://app.example')
+  t.equal(res.headers['access-control-allow-credentials'], 'true')
+  t.equal(res.headers['content-type'], 'text/event-stream; charset=utf-8')
 })

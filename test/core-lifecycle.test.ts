@@ -359,3 +359,34 @@ test('an error thrown after getEventSource closes the stream and is logged, with
   const closes = lines.filter(l => l.msg === 'event source closed')
   t.same(closes.map(l => l.reason), ['error', 'error'])
 })
+
+test('a source knows its request and the Last-Event-ID it was opened with', async t => {
+  const seen: unknown[] = []
+  const { url } = await start(t, app => {
+    app.get('/sse', async request => {
+      const sse = request.getEventSource()
+      seen.push(sse.request === request, sse.lastEventId, sse.identifier, sse.isActive)
+      return sse.close()
+    })
+  })
+  for (const headers of [{ 'last-event-id': '42' }, {}]) {
+    const res = await fetch(url + '/sse', { headers })
+    await res.text()
+  }
+  t.same(seen, [true, '42', undefined, true, true, undefined, undefined, true])
+})
+
+test('close() writes what is still queued before ending the response', async t => {
+  const { url } = await start(t, app => {
+    app.get('/sse', async request => {
+      const sse = request.getEventSource()
+      sse.send('one')
+      sse.send('two')
+      sse.comment('three')
+      return sse.close()
+    })
+  }, { batch: true })
+  const raw = await openRaw(t, url + '/sse')
+  await until(() => raw.ended, 3000, 'the end of the body')
+  t.equal(raw.text, 'data: one\n\ndata: two\n\n: three\n\n')
+})
