@@ -26,7 +26,9 @@ const OWN_CONNECTION: RedisOptions = {
   enableOfflineQueue: false,
   maxRetriesPerRequest: 0,
   autoResendUnfulfilledCommands: false,
-  lazyConnect: false
+  lazyConnect: false,
+  // ioredis backs off to 5 s; live delivery should be back within about 2 s of Redis returning.
+  retryStrategy: (times: number) => Math.min(times * 100, 2000) + Math.floor(Math.random() * 100)
 }
 
 function fail (name: string, why: string): never {
