@@ -80,6 +80,7 @@ export class EventSource implements HttpRequestEventSource {
 
   #ctx: SourceContext
   #res: TaggedResponse
+  /** The HTTP/1 response, or the HTTP/2 stream: Http2ServerResponse has no `destroyed` nor `writableNeedDrain`. */
   #out: Writable
   #h2: boolean
   #active = true
@@ -231,7 +232,7 @@ export class EventSource implements HttpRequestEventSource {
     if (this._seam !== null && !this.#passesSeam(frame)) return false
     if (this._queue !== null || this._replaying || this.#ctx.settings.batch) return this._enqueue(frame, kind)
     if (!this.#headWritten) this.#writeHead()
-    if (this.#res.destroyed) {
+    if (this.#out.destroyed) {
       this.#end(kind === 'ping' ? 'ping-failed' : 'client', true)
       return false
     }
@@ -266,7 +267,7 @@ export class EventSource implements HttpRequestEventSource {
     this._queue = null
     let bytes = this._queuedBytes
     this._queuedBytes = 0
-    if (!this.#active || this.#res.destroyed) return
+    if (!this.#active || this.#out.destroyed) return
     let frames = queue
     if (this._seam !== null) {
       frames = queue.filter(f => this.#passesSeam(f))
@@ -329,7 +330,7 @@ export class EventSource implements HttpRequestEventSource {
   /** @internal resolves once the response is fully written or destroyed */
   _settled (): Promise<void> {
     const res = this.#res
-    if (res.writableFinished || res.destroyed) return Promise.resolve()
+    if (res.writableFinished || this.#out.destroyed) return Promise.resolve()
     return new Promise(resolve => {
       const done = (): void => {
         res.off('finish', done)
@@ -416,7 +417,7 @@ export class EventSource implements HttpRequestEventSource {
       res.destroy()
       return
     }
-    if (!this.#headWritten && !res.destroyed) this.#writeHead()
+    if (!this.#headWritten && !this.#out.destroyed) this.#writeHead()
     if (this._replaying) {
       // The client will ask again from its own last id: a half replay followed by live messages would skip some.
       this._queue = null
