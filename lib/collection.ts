@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events'
+import type { Http2ServerRequest, Http2Session } from 'node:http2'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import type { AdapterHost } from './adapters/adapter'
 import {
@@ -226,6 +227,14 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     this.#closing = true
     const sources = [...this.#open]
     for (const source of sources) source._end('shutdown')
+    // Before Node 24 an HTTP/2 server's close() waits for every session to end, and a browser keeps its session
+    // open to reconnect; a graceful close (GOAWAY) of the sessions that carried streams lets fastify.close() finish.
+    const sessions = new Set<Http2Session>()
+    for (const source of sources) {
+      const session = (source.request.raw as unknown as Partial<Http2ServerRequest>).stream?.session
+      if (session !== undefined) sessions.add(session)
+    }
+    for (const session of sessions) session.close()
     const grace = this.#settings.closeGrace
     let timer: NodeJS.Timeout | undefined
     const expired = new Promise<boolean>(resolve => { timer = setTimeout(resolve, grace, true).unref() })
