@@ -186,6 +186,36 @@ test('HTTP/2: a stream whose client stops reading is closed as slow-client; the 
   await until(() => healthy.events.some(e => e.data === 'for the healthy one'), 3000, 'the healthy stream')
 })
 
+test('HTTP/2: sendAsync waits while the client does not read and resolves when it reads again', async t => {
+  let source: HttpRequestEventSource | undefined
+  const { session } = await startH2(t, false, app => {
+    app.get('/sse', async req => {
+      source = req.getEventSource()
+      source.flush()
+      await source.keepAlive()
+      return source.close()
+    })
+  })
+  const s = open(session, '/sse')
+  await s.headers
+  s.stream.pause()
+  const sse = source as HttpRequestEventSource
+  const kilobyte = 'y'.repeat(1024)
+  let pending: Promise<boolean> | undefined
+  for (let i = 0; i < 1024 && pending === undefined; i++) {
+    let settled = false
+    const sent = sse.sendAsync(kilobyte)
+    sent.then(() => { settled = true }, () => { settled = true })
+    await new Promise(resolve => setImmediate(resolve))
+    if (!settled) pending = sent
+  }
+  t.ok(pending !== undefined, 'a send waits once the stream\'s flow-control window is full')
+  t.ok(sse.bufferedAmount > 0)
+  s.stream.resume()
+  t.equal(await pending, true, 'resolved by the stream draining')
+  t.equal(sse.isActive, true)
+})
+
 test('HTTP/2: fastify.close() with open streams resolves, ends them and empties the collection', async t => {
   const { app, session } = await startH2(t, true, app => {
     app.get('/sse/:id', async req => {
