@@ -5,7 +5,7 @@ import type { FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import redisAdapter from '../lib/adapters/redis'
 import { start, until } from './helpers/server'
-import { Client, redisReady } from './helpers/redis'
+import { Client } from './helpers/redis'
 
 const hasServer = spawnSync('redis-server', ['--version']).status === 0
 
@@ -65,7 +65,7 @@ async function stopRedis (child: ChildProcess): Promise<void> {
 
 if (!hasServer) {
   tap.plan(0, 'redis-server is not installed: the Redis restart test needs its own server')
-} else if (redisReady(tap)) {
+} else {
   test('Redis stopped and restarted mid-stream: no crash, publish fails while it is down, delivery resumes, streams stay open', async t => {
     const failures: unknown[] = []
     const record = (err: unknown): void => { failures.push(err) }
