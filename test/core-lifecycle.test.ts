@@ -369,7 +369,7 @@ test('a source knows its request and the Last-Event-ID it was opened with', asyn
       return sse.close()
     })
   })
-  for (const headers of [{ 'last-event-id': '42' }, {}]) {
+  for (const headers of [{ 'last-event-id': '42' }, {}] as Record<string, string>[]) {
     const res = await fetch(url + '/sse', { headers })
     await res.text()
   }
