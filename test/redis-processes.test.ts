@@ -125,10 +125,12 @@ if (redisReady(tap)) {
     await until(() => board.waiting === 1, 3000, 'the reconnection')
     for (const n of [3, 4, 5]) await a.publish(`m${n}`)
     board.release()
-    const state = await opened(c, 'roamer', client.events[1].id)
+    await opened(c, 'roamer', client.events[1].id)
     await b.publish('m6')
     await until(() => client.data.includes('m6'), 5000, 'the live message')
     t.same(client.data, ['m1', 'm2', 'm3', 'm4', 'm5', 'm6'])
+    // Read after the live message arrived: the replay is written before anything live.
+    const state = await stateWhen(c, 'roamer', s => s.active, 'roamer')
     t.same(state.replay, { replayed: 3, gap: false })
   })
 

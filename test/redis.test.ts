@@ -47,6 +47,19 @@ if (redisReady(tap)) {
     }
   })
 
+  test('a published value is serialized once, by the publishing instance, whatever the number of instances and clients', async t => {
+    const prefix = uniquePrefix(t)
+    let calls = 0
+    const serializer = (value: unknown): string => { calls++; return JSON.stringify(value) }
+    const nodes = await Promise.all([0, 1, 2].map(() => start(t, routes, { serializer, adapter: redisAdapter({ url: redisUrl, channelPrefix: prefix }) })))
+    const clients = nodes.flatMap(({ url }, i) => [new Client(t, `${url}/events/s${i}a`), new Client(t, `${url}/events/s${i}b`)])
+    await until(() => nodes.every(({ app }) => app.eventSources.activeConnections === 2))
+    await nodes[1].app.eventSources.publish({ n: 1 })
+    await until(() => clients.every(c => c.events.length === 1))
+    t.equal(calls, 1)
+    for (const client of clients) t.same(JSON.parse(client.data[0]), { n: 1 })
+  })
+
   test('the publishing instance delivers its own message once, with the stream id as the SSE id', async t => {
     const prefix = uniquePrefix(t)
     const redis = redisClient(t)

@@ -58,7 +58,6 @@ class RedisAdapter implements EventSourceAdapter {
   #timeout: number
   #connectTimeout: number
   #client: Redis | undefined
-  #subscriber: Redis | undefined
   #owned: Redis[] = []
   #history: RedisStreamsHistory | undefined
   #host: AdapterHost | undefined
@@ -101,7 +100,6 @@ class RedisAdapter implements EventSourceAdapter {
     // Subscribing again is done here, not by ioredis, so that catching up starts once the subscription holds.
     const subscriber = this.#own((user ?? client).duplicate({ enableOfflineQueue: false, lazyConnect: false, autoResubscribe: false }))
     this.#client = client
-    this.#subscriber = subscriber
     if (this.hasHistory) this.#history = new RedisStreamsHistory(client, this.streamKey)
     subscriber.on('message', (channel: string, payload: string) => {
       if (channel === this.messageChannel) this.#onMessage(payload)
