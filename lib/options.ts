@@ -48,6 +48,9 @@ export const DEFAULT_PING_INTERVAL = 5000
 export const DEFAULT_PING_MESSAGE = 'ping'
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 const FORBIDDEN = /[\r\n\0]/
+// The stream's own framing: a second Content-Type fails the client's MIME check, and a length or an encoding
+// the stream does not follow corrupts it.
+const STREAM_HEADERS = new Set(['content-type', 'content-length', 'content-encoding', 'transfer-encoding'])
 
 function fail (name: string, why: string): never {
   throw new FST_ERR_SSE_INVALID_OPTION(name, why)
@@ -62,6 +65,7 @@ function count (name: string, value: unknown, fallback: number, min = 0): number
 
 export function checkHeader (name: unknown, value: unknown): string | undefined {
   if (typeof name !== 'string' || !TOKEN.test(name)) return `name ${JSON.stringify(name)} is not a valid header name`
+  if (STREAM_HEADERS.has(name.toLowerCase())) return `"${name}" is set by the event stream itself`
   if (typeof value !== 'string' && typeof value !== 'number') return `value of "${name}" must be a string or a number`
   if (FORBIDDEN.test(String(value))) return `value of "${name}" contains CR, LF or NUL`
   return undefined
