@@ -1,9 +1,11 @@
 import cors from '@fastify/cors'
+import Fastify from 'fastify'
 import { request as httpRequest, type IncomingMessage } from 'node:http'
 import { connect, constants as h2 } from 'node:http2'
 import { test } from 'tap'
 import { EventSource } from 'undici'
 import type { HttpRequestEventSource } from '../types/index'
+import eventSources from '../lib/index'
 import { start, until } from './helpers/server'
 
 /** A GET whose response head (status and headers exactly as sent) resolves once the server writes it. */
@@ -242,4 +244,29 @@ test('CORS headers from @fastify/cors are carried into the stream', async t => {
   t.equal(res.headers['access-control-allow-origin'], 'https://app.example')
   t.equal(res.headers['access-control-allow-credentials'], 'true')
   t.equal(res.headers['content-type'], 'text/event-stream; charset=utf-8')
+})
+
+test('headers the stream owns cannot be appended or configured: content-type, content-length, content-encoding, transfer-encoding', async t => {
+  const owned = ['Content-Type', 'content-length', 'Content-Encoding', 'transfer-encoding']
+  const codes: string[] = []
+  const { url } = await start(t, app => {
+    app.get('/sse', async request => {
+      const sse = request.getEventSource()
+      for (const name of owned) {
+        try { sse.appendHeader(name, name === 'content-length' ? '5' : 'text/plain') } catch (err) { codes.push((err as { code: string }).code) }
+      }
+      sse.send('intact')
+      sse.close()
+    })
+  })
+  const res = await fetch(url + '/sse')
+  t.same(codes, owned.map(() => 'FST_ERR_SSE_INVALID_HEADER'))
+  t.equal(res.headers.get('content-type'), 'text/event-stream; charset=utf-8')
+  t.equal(res.headers.get('content-encoding'), null)
+  t.equal(await res.text(), 'data: intact\n\n')
+  for (const name of owned) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await t.rejects(async () => { await app.register(eventSources, { headers: { [name]: '1' } }) }, { code: 'FST_ERR_SSE_INVALID_OPTION', message: /"headers"/ }, name)
+  }
 })
