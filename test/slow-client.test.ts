@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import type { Socket } from 'node:net'
 import type { HttpRequestEventSource } from '../types/index'
-import { ChunkedReader, EventLog, reader, sleep, stalledClient, tick } from './helpers/clients'
+import { ChunkedReader, EventLog, reader, stalledClient, tick } from './helpers/clients'
 import { until } from './helpers/server'
 import { frameBytes, serveSources } from './helpers/sources'
 
@@ -268,7 +268,7 @@ test("drainTimeout ends a source that send filled and that never drains, with re
   t.equal(app.eventSources.getByIdentifier('d'), undefined)
 })
 
-test("drainTimeout ends a source that sendAsync filled; the pending sendAsync resolves false", async t => {
+test('drainTimeout ends a source that sendAsync filled; the pending sendAsync resolves false', async t => {
   const { url, source } = await serveSources(t, { maxBufferedBytes: 1024 * 1024, drainTimeout: 300 })
   stalledClient(t, url, '/sse')
   const sse = await source(0)

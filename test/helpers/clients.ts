@@ -25,7 +25,7 @@ export class ChunkedReader {
   body: Buffer[] = []
   bodyBytes = 0
   ended = false
-  #pending = Buffer.alloc(0)
+  #pending: Buffer = Buffer.alloc(0)
   #onBody: ((chunk: Buffer) => void) | undefined
 
   constructor (onBody?: (chunk: Buffer) => void) {
