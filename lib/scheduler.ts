@@ -2,6 +2,8 @@ import { performance } from 'node:perf_hooks'
 import type { EventSource, WriteKind } from './event-source'
 
 const CHECK_EVERY = 64
+/** µs per write assumed before any has been measured: a loopback socket write costs about 15-20 µs. */
+const FIRST_GUESS_US = 20
 
 /**
  * Shared by every source of one plugin instance: fan-out in time slices, the per-tick flush of queued frames,
@@ -14,6 +16,10 @@ export class WriteScheduler {
   #scheduled = false
   #waiting = new Map<EventSource, number>()
   #sweeper: NodeJS.Timeout | undefined
+  // Node's http layer corks a response on write and hands it to the socket at process.nextTick, so most of a
+  // write's cost lands after the loop that made it: slices are sized by the measured cost, not only the clock.
+  #fanOutCost = FIRST_GUESS_US
+  #flushCost = FIRST_GUESS_US
 
   constructor (slice: number, drainTimeout: number) {
     this.slice = slice
@@ -25,9 +31,11 @@ export class WriteScheduler {
    * flushed on later ticks, so one large fan-out never blocks the loop for long and each source keeps its order.
    */
   fanOut (sources: Iterable<EventSource>, frame: Buffer, kind: WriteKind): number {
+    const start = performance.now()
+    const deadline = start + this.slice
+    const budget = this.#budget(this.#fanOutCost)
     let n = 0
-    let i = 0
-    let deadline = 0
+    let written = 0
     let deferring = false
     for (const source of sources) {
       if (deferring) {
@@ -35,13 +43,9 @@ export class WriteScheduler {
         continue
       }
       if (source._write(frame, kind)) n++
-      if (++i === CHECK_EVERY) {
-        i = 0
-        const now = performance.now()
-        if (deadline === 0) deadline = now + this.slice
-        else if (now >= deadline) deferring = true
-      }
+      if (++written % CHECK_EVERY === 0 && (written >= budget || performance.now() >= deadline)) deferring = true
     }
+    if (written >= CHECK_EVERY) process.nextTick(this.#learnFanOut, start, written)
     return n
   }
 
@@ -55,20 +59,34 @@ export class WriteScheduler {
 
   #flush = (): void => {
     this.#scheduled = false
-    const deadline = performance.now() + this.slice
-    let i = 0
+    const start = performance.now()
+    const deadline = start + this.slice
+    const budget = this.#budget(this.#flushCost)
+    let written = 0
     for (const source of this.#pending) {
       this.#pending.delete(source)
       source._flushQueue()
-      if (++i === CHECK_EVERY) {
-        i = 0
-        if (performance.now() >= deadline) break
-      }
+      if (++written % CHECK_EVERY === 0 && (written >= budget || performance.now() >= deadline)) break
     }
+    if (written >= CHECK_EVERY) process.nextTick(this.#learnFlush, start, written)
     if (this.#pending.size > 0 && !this.#scheduled) {
       this.#scheduled = true
       setImmediate(this.#flush)
     }
+  }
+
+  /** How many writes fit in one slice at the measured cost per write. */
+  #budget (usPerWrite: number): number {
+    return Math.max(CHECK_EVERY, Math.floor(this.slice * 1000 / usPerWrite))
+  }
+
+  // Queued behind the response ticks of the writes just made (the nextTick queue is FIFO), so the time includes them.
+  #learnFanOut = (start: number, writes: number): void => {
+    this.#fanOutCost += ((performance.now() - start) * 1000 / writes - this.#fanOutCost) / 2
+  }
+
+  #learnFlush = (start: number, writes: number): void => {
+    this.#flushCost += ((performance.now() - start) * 1000 / writes - this.#flushCost) / 2
   }
 
   watchDrain (source: EventSource): void {
