@@ -1,3 +1,6 @@
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import path from 'node:path'
 import { Writable } from 'node:stream'
 import compress from '@fastify/compress'
 import cors from '@fastify/cors'
@@ -14,17 +17,22 @@ async function listen (t: Test, app: FastifyInstance): Promise<string> {
   return app.listen({ port: 0, host: '127.0.0.1' })
 }
 
-/** Reads from an async iterator, failing instead of hanging when nothing comes. */
-async function next<T> (it: AsyncIterator<T>, ms: number, what: string): Promise<T> {
+/** Settles as `promise`, or fails after `ms` instead of hanging. */
+async function within<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => { timer = setTimeout(reject, ms, new Error(`nothing arrived in ${ms} ms: ${what}`)) })
+  const timeout = new Promise<never>((_resolve, reject) => { timer = setTimeout(reject, ms, new Error(`nothing in ${ms} ms: ${what}`)) })
   try {
-    const result = await Promise.race([it.next(), timeout])
-    if (result.done === true) throw new Error(`stream ended before ${what}`)
-    return result.value
+    return await Promise.race([promise, timeout])
   } finally {
     clearTimeout(timer)
   }
+}
+
+/** The next chunk of a stream, failing instead of hanging when nothing comes. */
+async function next<T> (it: AsyncIterator<T>, ms: number, what: string): Promise<T> {
+  const result = await within(it.next(), ms, what)
+  if (result.done === true) throw new Error(`stream ended before ${what}`)
+  return result.value
 }
 
 test('@fastify/cors: a request with an Origin gets the CORS headers on the event stream', async t => {
@@ -261,4 +269,28 @@ test('logger: at level info a stream\'s whole life writes nothing', async t => {
   const plugin = log.lines.slice(before).filter(l => !('req' in l) && !('res' in l))
   t.same(plugin, [], 'open, send, pings and a client leaving log nothing at info')
   t.ok(log.lines.some(l => 'req' in l), 'the logger did capture the request at info')
+})
+
+test('the demo process (npm start) prints its address and exits cleanly on SIGINT with streams open', async t => {
+  const child = spawn(process.execPath, [path.join(__dirname, '..', 'examples', 'server.js')], {
+    env: { ...process.env, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', chunk => { stdout += chunk })
+  child.stderr.on('data', chunk => { stderr += chunk })
+  const exited = once(child, 'exit')
+  await until(() => /http:\/\/127\.0\.0\.1:\d+/.test(stdout) || child.exitCode !== null, 10_000, 'the demo to print its address')
+  const url = (/http:\/\/127\.0\.0\.1:\d+/.exec(stdout) as RegExpExecArray)[0]
+
+  const es = new PackageEventSource(url + '/events?tab=signal')
+  t.teardown(() => es.close())
+  const hello = new Promise(resolve => es.addEventListener('hello', resolve, { once: true }))
+  await hello
+  child.kill('SIGINT')
+  const [code, signal] = await within(exited, 10_000, 'the demo to exit')
+  t.same({ code, signal }, { code: 0, signal: null }, 'exit code 0')
+  t.equal(stderr, '', 'nothing on stderr')
 })
