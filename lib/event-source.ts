@@ -152,7 +152,14 @@ export class EventSource implements HttpRequestEventSource {
   }
 
   sendAsync (data?: unknown, options?: SendOptions): Promise<boolean> {
-    if (!this.send(data, options)) return Promise.resolve(false)
+    let sent
+    try {
+      sent = this.send(data, options)
+    } catch (err) {
+      // A promise-returning call reports through the promise: `sendAsync(x).catch()` must see a bad field too.
+      return Promise.reject(err)
+    }
+    if (!sent) return Promise.resolve(false)
     if (this._queue === null && !this.#out.writableNeedDrain) return Promise.resolve(true)
     return new Promise(resolve => { (this.#drainWaiters ??= []).push(resolve) })
   }
