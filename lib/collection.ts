@@ -111,7 +111,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       deliver: message => this.#deliver(message),
       closeOlder: (identifier, openedAt) => {
         const source = this.#byId.get(identifier)
-        if (source !== undefined && source.openedAt <= openedAt) source._end('replaced')
+        if (source !== undefined && source.openedAt < openedAt) source._end('replaced')
       },
       log: this.#log
     }

@@ -1,5 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
+import { performance } from 'node:perf_hooks'
 import type { Writable } from 'node:stream'
 import { FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD, FST_ERR_SSE_INVALID_HEADER } from './errors'
 import { checkEventOptions, commentFrame, eventFrame, retryFrame, serialize } from './frame'
@@ -87,7 +88,9 @@ export class EventSource implements HttpRequestEventSource {
   #headWritten = false
   #appended: [string, string][] | undefined
   #abort: AbortController | undefined
-  #waiters: (() => void)[] | undefined
+  /** @internal what keepAlive() returns: one promise per source, however many wait on it */
+  _ended: Promise<void> | undefined
+  #resolveEnded: (() => void) | undefined
   #drainWaiters: ((ok: boolean) => void)[] | undefined
   #ping: PingPolicy | undefined
   #idle: { timeout: number, last: number, timer: NodeJS.Timeout | undefined } | undefined
@@ -100,7 +103,8 @@ export class EventSource implements HttpRequestEventSource {
     this.identifier = identifier
     this._key = key
     this.lastEventId = lastEventId
-    this.openedAt = Date.now()
+    // Sub-millisecond, so that two instances opening one identifier in the same millisecond still have an order.
+    this.openedAt = performance.timeOrigin + performance.now()
     const res = reply.raw as TaggedResponse
     this.#res = res
     this.#h2 = request.raw.httpVersionMajor >= 2
@@ -186,7 +190,7 @@ export class EventSource implements HttpRequestEventSource {
   keepAlive (): Promise<void> {
     this.flush()
     if (!this.#active) return Promise.resolve()
-    return new Promise(resolve => { (this.#waiters ??= []).push(resolve) })
+    return (this._ended ??= new Promise(resolve => { this.#resolveEnded = resolve }))
   }
 
   waitForFail (timeoutMs: number): Promise<void> {
@@ -449,9 +453,8 @@ export class EventSource implements HttpRequestEventSource {
     this._queuedBytes = 0
     this._seam = null
     this.#abort?.abort(reason)
-    const waiters = this.#waiters
-    this.#waiters = undefined
-    if (waiters !== undefined) for (const resolve of waiters) resolve()
+    this.#resolveEnded?.()
+    this.#resolveEnded = undefined
     this.#settleDrainWaiters(false)
     this.request.log.debug({ identifier: this.identifier, reason, sentContentLength: this.sentContentLength }, 'event source closed')
   }

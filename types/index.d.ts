@@ -85,7 +85,7 @@ declare namespace fastifyEventSources {
     readonly replay: ReplayInfo | undefined
     /** Set once the source is no longer active. */
     readonly closeReason: CloseReason | undefined
-    /** When the source was opened (ms since the epoch). */
+    /** When the source was opened (ms since the epoch, with a fraction: it orders opens across instances). */
     readonly openedAt: number
     /** Whether the response head was written. */
     readonly headersSent: boolean
