@@ -48,6 +48,8 @@ async function fastifyEventSources (fastify: FastifyInstance, options: PluginOpt
         throw err
       }
       if (result !== null && typeof result === 'object' && typeof (result as Promise<unknown>).then === 'function') {
+        // keepAlive() never rejects: an idle stream need not carry a catch handler.
+        if (result === (request as unknown as Tagged)[kSource]?._ended) return result
         return (result as Promise<unknown>).then(undefined, err => {
           if (streamFailed(request, err)) return undefined
           throw err
