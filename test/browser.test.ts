@@ -235,6 +235,38 @@ if (browserAvailable(t)) {
     t.equal(await connect(urls[1]), 'failed', 'without CORS headers the browser refuses the stream')
   })
 
+  t.test('a cross-origin EventSource reconnects with Last-Event-ID, with no preflight', async t => {
+    const demo = await startDemo(t)
+    const page = await openPage(t, demo.url)
+    const app = Fastify()
+    const methods: string[] = []
+    app.addHook('onRequest', async req => { methods.push(req.method) })
+    await app.register(cors, { origin: new URL(demo.url).origin, allowedHeaders: ['content-type'] })
+    await app.register(eventSources, { retry: RETRY })
+    app.get('/sse', async req => {
+      const sse = req.getEventSource()
+      if (sse.lastEventId === undefined) {
+        sse.send('first', { id: 'one' })
+        return sse.close()
+      }
+      sse.send(`resumed after ${sse.lastEventId}`)
+      await sse.keepAlive()
+      return sse.close()
+    })
+    t.teardown(() => app.close())
+    const url = await app.listen({ port: 0, host: '127.0.0.1' }) + '/sse'
+    const got = await page.evaluate(url => new Promise<string[]>(resolve => {
+      const seen: string[] = []
+      const es = new window.EventSource(url)
+      es.onmessage = e => {
+        seen.push(e.data)
+        if (seen.length === 2) { es.close(); resolve(seen) }
+      }
+    }), url)
+    t.same(got, ['first', 'resumed after one'])
+    t.same(methods, ['GET', 'GET'], 'Last-Event-ID is sent cross-origin without an OPTIONS preflight')
+  })
+
   t.test('screenshot of the demo with two tabs, a replay and a multi-line message', async t => {
     const demo = await startDemo(t)
     const page = await openPage(t, demo.url)
