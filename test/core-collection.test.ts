@@ -174,3 +174,27 @@ test('a source leaves the collection the moment it ends: client abort, close, ti
   t.equal(app.eventSources.activeConnections, 0)
   t.equal(app.eventSources.openStreams, 0)
 })
+
+test('a broadcast counts as a send for waitForFail: it resets the idle timeout', async t => {
+  const TIMEOUT = 200
+  let reason: string | undefined
+  const { app, url } = await start(t, app => {
+    app.get('/sse', async request => {
+      const sse = request.getEventSource('waiting')
+      sse.flush()
+      await sse.waitForFail(TIMEOUT)
+      reason = sse.closeReason
+    })
+  })
+  const raw = await openRaw(t, url + '/sse')
+  const began = Date.now()
+  const counts: number[] = []
+  while (Date.now() - began < 2 * TIMEOUT) {
+    counts.push(app.eventSources.broadcast('tick'))
+    await new Promise(resolve => setTimeout(resolve, TIMEOUT / 5))
+  }
+  t.ok(counts.every(n => n === 1), `every broadcast reached the waiting source (${counts.length} over two timeouts)`)
+  await until(() => reason !== undefined, 3000, 'the idle timeout after the broadcasts stop')
+  t.equal(reason, 'timeout')
+  t.equal(raw.events.length, counts.length)
+})
