@@ -194,7 +194,7 @@ test('a broadcast counts as a send for waitForFail: it resets the idle timeout',
     await new Promise(resolve => setTimeout(resolve, TIMEOUT / 5))
   }
   t.ok(counts.every(n => n === 1), `every broadcast reached the waiting source (${counts.length} over two timeouts)`)
-  await until(() => reason !== undefined, 3000, 'the idle timeout after the broadcasts stop')
+  await until(() => reason !== undefined && raw.ended, 3000, 'the idle timeout after the broadcasts stop')
   t.equal(reason, 'timeout')
   t.equal(raw.events.length, counts.length)
 })
