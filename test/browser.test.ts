@@ -162,6 +162,26 @@ if (browserAvailable(t)) {
     t.same(await page.locator('#feed li p').allTextContents(), ['missed during the reload', 'seen before the reload'])
   })
 
+  t.test('after a reload, a later reconnect resumes from its Last-Event-ID header, not the stale ?lastEventId=', async t => {
+    const demo = await startDemo(t)
+    const page = await openPage(t, demo.url)
+    const tab = await tabOf(page)
+    await demo.post('/messages', { text: 'before the reload', from: 'test' })
+    await waitForEvents(page, 'feed', 1)
+    await page.reload()
+    await page.waitForFunction(() => window.demo?.status === 'open')
+    await demo.post('/messages', { text: 'after the reload', from: 'test' })
+    const [live] = await waitForEvents(page, 'feed', 1)
+
+    await demo.post(`/tabs/${tab}/drop`, { hold: 0 })
+    await waitForEvents(page, 'hello', 2)
+    const reconnect = demo.requestsFor(tab)[2]
+    t.not(reconnect.lastEventIdQuery, undefined, 'the URL still carries the id from before the reload')
+    t.equal(reconnect.lastEventIdHeader, live.lastEventId)
+    const feed = await eventsOf(page, 'feed')
+    t.same(feed.map(e => [JSON.parse(e.data).from, e.replayed]), [['test', false], ['server', true]], 'only the drop notice is replayed')
+  })
+
   t.test('a kicked tab gets the termination event, closes its EventSource and does not reconnect', async t => {
     const demo = await startDemo(t)
     const page = await openPage(t, demo.url)
