@@ -194,6 +194,7 @@
     $('stopped-text').textContent = text
     $('stopped').hidden = false
     $('count').textContent = '–'
+    $('tabs').replaceChildren()
   }
 
   $('rejoin').addEventListener('click', () => {
