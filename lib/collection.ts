@@ -139,6 +139,12 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const source = new EventSource(this.#ctx, request, reply, identifier, key, this.#lastEventId(request))
     this.#open.add(source)
     if (key !== '') this.#perKey.set(key, (this.#perKey.get(key) ?? 0) + 1)
+    if (request.method === 'HEAD') {
+      // A HEAD response has no body, and Node holds its head back until it ends: answer with the head at once,
+      // and keep out of the collection so a probe cannot replace the live stream with its identifier.
+      source.close()
+      return source
+    }
     if (identifier !== undefined) this.#register(source, identifier)
     if (settings.ping !== undefined) source.ping.start()
     request.log.debug({ identifier, lastEventId: source.lastEventId }, 'event source opened')
