@@ -387,3 +387,25 @@ test('close() writes what is still queued before ending the response', async t =
   await until(() => raw.ended, 3000, 'the end of the body')
   t.equal(raw.text, 'data: one\n\ndata: two\n\n: three\n\n')
 })
+
+test('a HEAD request gets the stream\'s head at once and never replaces the live source', async t => {
+  const { app, url } = await start(t, app => {
+    app.get('/sse', async request => {
+      const sse = request.getEventSource('one')
+      sse.send('live')
+      await sse.keepAlive()
+    })
+  })
+  const live = await openRaw(t, url + '/sse')
+  await until(() => live.text !== '', 3000, 'the live stream')
+  const source = app.eventSources.getByIdentifier('one')
+  const head = await fetch(url + '/sse', { method: 'HEAD' })
+  t.equal(head.status, 200)
+  t.equal(head.headers.get('content-type'), 'text/event-stream; charset=utf-8')
+  t.equal(await head.text(), '')
+  t.equal(app.eventSources.getByIdentifier('one'), source, 'the live source is still the registered one')
+  t.equal(source?.isActive, true)
+  t.equal(app.eventSources.openStreams, 1)
+  t.equal(app.eventSources.broadcast('still live'), 1)
+  await until(() => live.text.includes('still live'), 3000, 'the broadcast')
+})
