@@ -409,3 +409,15 @@ test('a HEAD request gets the stream\'s head at once and never replaces the live
   t.equal(app.eventSources.broadcast('still live'), 1)
   await until(() => live.text.includes('still live'), 3000, 'the broadcast')
 })
+
+test('an identifier that is not a string throws FST_ERR_SSE_INVALID_FIELD before the reply is taken over', async t => {
+  const { app, url } = await start(t, app => {
+    app.get('/sse', async request => {
+      request.getEventSource(42 as unknown as string)
+    })
+  })
+  const res = await fetch(url + '/sse')
+  t.equal(res.status, 500)
+  t.match(await res.json(), { code: 'FST_ERR_SSE_INVALID_FIELD' })
+  t.equal(app.eventSources.openStreams, 0)
+})
