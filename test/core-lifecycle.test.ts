@@ -1,5 +1,6 @@
 import { request as httpRequest } from 'node:http'
 import { test } from 'tap'
+import { Agent, request as undiciRequest } from 'undici'
 import type { HttpRequestEventSource } from '../types/index'
 import { start, until } from './helpers/server'
 
@@ -420,4 +421,24 @@ test('an identifier that is not a string throws FST_ERR_SSE_INVALID_FIELD before
   t.equal(res.status, 500)
   t.match(await res.json(), { code: 'FST_ERR_SSE_INVALID_FIELD' })
   t.equal(app.eventSources.openStreams, 0)
+})
+
+test('after close() the connection is clean and serves the next request', async t => {
+  const { url } = await start(t, app => {
+    app.get('/sse', async request => {
+      const sse = request.getEventSource()
+      sse.send('one')
+      return sse.close()
+    })
+    app.get('/next', async () => 'next')
+  })
+  const agent = new Agent({ connections: 1, pipelining: 1 })
+  t.teardown(() => agent.destroy())
+  const sockets = new Set<unknown>()
+  agent.on('connect', (_origin, targets) => sockets.add(targets))
+  const first = await undiciRequest(url + '/sse', { dispatcher: agent })
+  t.equal(await first.body.text(), 'data: one\n\n')
+  const second = await undiciRequest(url + '/next', { dispatcher: agent })
+  t.equal(await second.body.text(), 'next')
+  t.equal(sockets.size, 1, 'both requests used one connection')
 })
