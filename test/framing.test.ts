@@ -1,6 +1,7 @@
 import { createParser, type EventSourceMessage } from 'eventsource-parser'
 import { test } from 'tap'
 import { checkEventOptions, commentFrame, eventFrame, eventText, retryFrame, serialize } from '../lib/frame'
+import { errors } from '../lib/index'
 
 /** What a spec-conforming parser makes of some bytes, fed in the given chunk sizes. */
 function parse (bytes: Buffer, chunkSizes: number[] = [bytes.length]): { events: EventSourceMessage[], comments: string[], retries: number[] } {
@@ -127,4 +128,12 @@ test('a spec parser recovers exactly what was framed, for random data, fields an
     }
   }
   t.pass('200 rounds round-tripped')
+})
+
+test('field errors are @fastify/error instances of the exported classes, with codes and status 500', async t => {
+  let caught: unknown
+  try { checkEventOptions('a\nb', undefined, undefined) } catch (err) { caught = err }
+  t.ok(caught instanceof errors.FST_ERR_SSE_INVALID_FIELD)
+  t.ok(caught instanceof TypeError)
+  t.match(caught, { name: 'FastifyError', code: 'FST_ERR_SSE_INVALID_FIELD', statusCode: 500, message: /^fastify-event-sources: invalid field "event"/ })
 })
