@@ -20,6 +20,9 @@ export class WriteScheduler {
   // write's cost lands after the loop that made it: slices are sized by the measured cost, not only the clock.
   #fanOutCost = FIRST_GUESS_US
   #flushCost = FIRST_GUESS_US
+  // A fan-out that ran out of slice may have run in the poll phase; the check phase follows it at once, so the
+  // first flush waits one more turn, letting the loop poll (answer other requests) between the two slices.
+  #yieldFirst = false
 
   constructor (slice: number, drainTimeout: number) {
     this.slice = slice
@@ -40,6 +43,7 @@ export class WriteScheduler {
     for (const source of sources) {
       if (deferring) {
         if (source._enqueue(frame, kind)) n++
+        this.#yieldFirst = true
         continue
       }
       if (source._write(frame, kind)) n++
@@ -58,6 +62,11 @@ export class WriteScheduler {
   }
 
   #flush = (): void => {
+    if (this.#yieldFirst) {
+      this.#yieldFirst = false
+      setImmediate(this.#flush)
+      return
+    }
     this.#scheduled = false
     const start = performance.now()
     const deadline = start + this.slice
