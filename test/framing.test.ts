@@ -1,7 +1,7 @@
 import { createParser, type EventSourceMessage } from 'eventsource-parser'
 import { test } from 'tap'
 import { checkEventOptions, commentFrame, eventFrame, eventText, retryFrame, serialize } from '../lib/frame'
-import { errors } from '../lib/index'
+import * as errors from '../lib/errors'
 
 /** What a spec-conforming parser makes of some bytes, fed in the given chunk sizes. */
 function parse (bytes: Buffer, chunkSizes: number[] = [bytes.length]): { events: EventSourceMessage[], comments: string[], retries: number[] } {
