@@ -32,6 +32,8 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   #settings: Settings
   #byId = new Map<string, EventSource>()
   #open = new Set<EventSource>()
+  /** Ended, but their response may not have left yet: shutdown waits for them too, and cuts them after the grace. */
+  #ending = new Set<EventSource>()
   #perKey = new Map<string, number>()
   #closing = false
   #ctx: SourceContext
@@ -171,6 +173,8 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
 
   #release (source: EventSource): void {
     this.#open.delete(source)
+    this.#ending.add(source)
+    source._settled().then(() => this.#ending.delete(source), () => {})
     const key = source._key
     if (key !== '') {
       const n = (this.#perKey.get(key) ?? 1) - 1
@@ -244,9 +248,10 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const grace = this.#settings.closeGrace
     let timer: NodeJS.Timeout | undefined
     const expired = new Promise<boolean>(resolve => { timer = setTimeout(resolve, grace, true).unref() })
-    const timedOut = await Promise.race([Promise.all(sources.map(s => s._settled())).then(() => false), expired])
+    const leaving = [...sources, ...this.#ending]
+    const timedOut = await Promise.race([Promise.all(leaving.map(s => s._settled())).then(() => false), expired])
     clearTimeout(timer)
-    if (timedOut) for (const source of sources) source._destroy()
+    if (timedOut) for (const source of leaving) source._destroy()
     this.#ctx.scheduler.close()
     this.#ctx.pings.close()
   }

@@ -40,3 +40,18 @@ export async function serveSources (t: Test, options: FastifyEventSourcesOptions
 export function frameBytes (data: string): number {
   return Buffer.byteLength('data: ' + data + '\n\n')
 }
+
+/**
+ * Sends until the socket keeps more than `pending` bytes after a turn of the loop: the kernel is full and the
+ * client is not reading. Node corks a response's socket for the rest of the tick, so only a turn tells.
+ */
+export async function fillUntilStalled (sse: HttpRequestEventSource, pending = 64 * 1024, message = 'x'.repeat(1000)): Promise<void> {
+  for (let i = 0; i < 40_000; i++) {
+    if (sse.bufferedAmount > pending) {
+      await new Promise(resolve => setImmediate(resolve))
+      if (sse.bufferedAmount > pending) return
+    }
+    if (!sse.send(message)) throw new Error(`refused before stalling: ${String(sse.closeReason)}`)
+  }
+  throw new Error('the client never stalled')
+}
