@@ -1,4 +1,5 @@
 import { test } from 'tap'
+import type { FastifyServerOptions } from 'fastify'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import * as http2 from 'node:http2'
@@ -113,7 +114,7 @@ test('1,000 clients that never read hold at most maxBufferedBytes each, and read
   // Over HTTP/1.1 the kernel would take a few MB per stalled loopback connection before the server buffered a
   // byte (GBs for 1,000); HTTP/2 flow control stops the peer at a 64 KiB window, so the server's own buffering is
   // what is measured.
-  const { app, url } = await serveSources(t, { maxBufferedBytes: BOUND, slowClient: 'drop', drainTimeout: 120_000 }, { http2: true })
+  const { app, url } = await serveSources(t, { maxBufferedBytes: BOUND, slowClient: 'drop', drainTimeout: 120_000 }, { http2: true } as unknown as FastifyServerOptions)
   const before = await settledMemory()
 
   const child = spawn(process.execPath, ['-e', `

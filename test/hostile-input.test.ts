@@ -83,7 +83,7 @@ test('invalid header names and values throw FST_ERR_SSE_INVALID_HEADER and nothi
 })
 
 test('invalid headers in plugin options are refused at register time', async t => {
-  for (const headers of [{ 'bad name': 'v' }, { 'x-a': 'v\r\nInjected: 1' }]) {
+  for (const headers of [{ 'bad name': 'v' }, { 'x-a': 'v\r\nInjected: 1' }] as Record<string, string>[]) {
     const app = Fastify()
     t.teardown(() => app.close())
     await t.rejects(async () => { await app.register(eventSources, { headers }) }, { code: 'FST_ERR_SSE_INVALID_OPTION', message: /headers/ })
