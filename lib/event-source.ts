@@ -164,8 +164,11 @@ export class EventSource implements HttpRequestEventSource {
       return Promise.reject(err)
     }
     if (!sent) return Promise.resolve(false)
-    if (this._queue === null && !this.#out.writableNeedDrain) return Promise.resolve(true)
-    return new Promise(resolve => { (this.#drainWaiters ??= []).push(resolve) })
+    if (this._queue !== null || this.#out.writableNeedDrain) return new Promise(resolve => { (this.#drainWaiters ??= []).push(resolve) })
+    // Node hands a response's writes to the kernel only at the end of the tick. With a bound under the socket's
+    // high-water mark no write asks for a drain before the bound is passed, so give the socket that turn first.
+    if (this.bufferedAmount * 2 > this.#ctx.settings.maxBufferedBytes) return new Promise(resolve => setImmediate(() => resolve(this.#active)))
+    return Promise.resolve(true)
   }
 
   comment (text: string): boolean {

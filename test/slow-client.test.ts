@@ -196,6 +196,20 @@ test('sendAsync resolves true at once when the socket takes the message', async 
   t.equal(client.log.events[0].data, 'one')
 })
 
+test('a producer awaiting sendAsync never trips the bound on a client that reads, even a bound under the socket high-water mark', async t => {
+  for (const max of [4 * 1024, 64 * 1024]) {
+    const { url, source } = await serveSources(t, { maxBufferedBytes: max })
+    const client = await reader(t, url, '/sse')
+    const sse = await source(0)
+    let accepted = 0
+    for (let i = 0; i < 1000; i++) if (await sse.sendAsync(`${i}:` + MESSAGE)) accepted++
+    t.equal(accepted, 1000, `maxBufferedBytes ${max}: every message accepted`)
+    t.equal(sse.isActive, true)
+    await until(() => client.log.events.length === 1000)
+    t.equal(client.log.events[999].data, '999:' + MESSAGE)
+  }
+})
+
 /** Calls sendAsync until one stays pending after a turn of the loop: the socket needs a drain. Wrapped, or await would wait for it. */
 async function sendUntilPending (sse: HttpRequestEventSource): Promise<{ pending: Promise<boolean> }> {
   const big = 'z'.repeat(16 * 1024)
