@@ -22,8 +22,8 @@ interface EventsRequest { tab: string, lastEventIdHeader: string | undefined, la
 const RETRY = 200
 const SILENCE = 5 * RETRY
 
-async function startDemo (t: Test) {
-  const app = buildDemo({ plugin: eventSources, retry: RETRY, clockInterval: 250, dropHold: 0 })
+async function startDemo (t: Test, options: { pingInterval?: number, clockInterval?: number } = {}) {
+  const app = buildDemo({ plugin: eventSources, retry: RETRY, clockInterval: 250, dropHold: 0, ...options })
   const seen: EventsRequest[] = []
   let gate: Promise<void> | undefined
   app.addHook('onRequest', async (req, reply) => {
@@ -93,6 +93,21 @@ if (browserAvailable(t)) {
     const messages = await waitForEvents(page, 'message', 2)
     t.equal(messages[1].data, 'line one\nzwei ✓\ntrois 🚀\n\nÉnd – 終わり', 'CRLF, CR and LF arrive as LF, empty line kept')
     t.equal(await page.locator('#notice').textContent(), messages[1].data, 'the page shows it')
+  })
+
+  t.test('pings reach the page as comments and fire no event', async t => {
+    // No clock: from here on, pings are the only bytes the stream carries.
+    const demo = await startDemo(t, { pingInterval: 50, clockInterval: 3_600_000 })
+    const page = await openPage(t, demo.url)
+    await waitForEvents(page, 'connections', 1)
+    const source = demo.app.eventSources.getByIdentifier('tab:' + await tabOf(page))
+    const before = source?.sentContentLength ?? 0
+    const ping = Buffer.byteLength(': ping\n\n')
+    await until(() => (source?.sentContentLength ?? 0) >= before + 5 * ping, 5000, 'five pings')
+    t.equal(((source?.sentContentLength ?? 0) - before) % ping, 0, 'nothing but pings was sent')
+    const types = await page.evaluate(() => window.demo.events.map(e => e.type))
+    t.same(types.filter(type => type === 'message'), ['message'], 'only the welcome message')
+    t.equal(source?.isActive, true)
   })
 
   t.test('the page receives named events: hello, connections and a feed message typed into the form', async t => {
