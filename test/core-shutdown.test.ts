@@ -141,3 +141,31 @@ test('no timer or handle keeps the process alive after fastify.close() with stre
   t.equal(code, 0)
   t.match(out, /^closed 0 0$/m)
 })
+
+test('a request that asks for a stream while the server is closing gets 503 with Retry-After', async t => {
+  const app = Fastify()
+  await app.register(eventSources, { retry: 3000 })
+  let arrived = false
+  let release = (): void => {}
+  const gate = new Promise<void>(resolve => { release = resolve })
+  app.get('/sse', async request => {
+    arrived = true
+    await gate
+    const sse = request.getEventSource()
+    sse.send('never')
+    await sse.keepAlive()
+  })
+  // Added after the plugin, so it runs once the plugin's own preClose has begun the shutdown.
+  app.addHook('preClose', async () => { release() })
+  t.teardown(() => app.close())
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const response = fetch(`http://127.0.0.1:${(app.server.address() as { port: number }).port}/sse`)
+  await until(() => arrived, 3000, 'the request to reach the handler')
+  const closing = app.close()
+  const res = await response
+  t.equal(res.status, 503)
+  t.equal(res.headers.get('retry-after'), '3')
+  t.match(await res.json(), { code: 'FST_ERR_SSE_CLOSING' })
+  await closing
+  t.equal(app.eventSources.openStreams, 0)
+})
