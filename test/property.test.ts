@@ -69,6 +69,7 @@ function longLines (g: Generator): Op[] {
 
 // publish gives a message without an id one from the history (`<epoch>-<seq>`); the client must see that one.
 const ASSIGNED = '<assigned by the history>'
+// UTF-8 cannot carry a lone surrogate: it goes out as U+FFFD, so the client sees the well-formed string.
 const wellFormed = (s: string): string => (s as unknown as { toWellFormed (): string }).toWellFormed()
 const lines = (s: string): string => wellFormed(s).replace(/\r\n|\r|\n/g, '\n')
 
