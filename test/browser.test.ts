@@ -32,7 +32,7 @@ async function startDemo (t: Test, options: { pingInterval?: number, clockInterv
     const header = req.headers['last-event-id']
     const entry: EventsRequest = { tab: query.tab ?? '', lastEventIdHeader: typeof header === 'string' ? header : undefined, lastEventIdQuery: query.lastEventId }
     seen.push(entry)
-    // The reply is hijacked, so reply.statusCode is not what was written: read it off the raw response.
+    // Known once the response ends: a stream when it closes, a 204 at once.
     reply.raw.once('close', () => { entry.status = reply.raw.statusCode })
     await gate
   })
