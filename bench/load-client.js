@@ -195,7 +195,7 @@ async function sustained (ms, burst) {
   samples = []
   sampling = true
   const r = await get(`/blast?ms=${ms}&burst=${burst}`)
-  await sleep(300)
+  await sleep(200)
   sampling = false
   const delivered = lastSeq.reduce((a, b) => a + b, 0) - before
   const s = sorted(samples)
@@ -250,13 +250,13 @@ async function main () {
       reached,
       bytes: bytes.reduce((a, b) => a + b, 0) - before
     }
-  } else {
+  } else if (cfg.mode === 'main') {
     out.fanout = await fanout(cfg.rounds)
     if (cfg.healthRounds > 0) out.health = await healthDuringBroadcast(cfg.healthRounds)
     out.sustained = []
     for (const burst of cfg.bursts) {
       out.sustained.push(await sustained(cfg.blastMs, burst))
-      await sleep(200)
+      await sleep(100)
     }
   }
   out.closedDuringRun = closed

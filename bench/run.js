@@ -23,15 +23,16 @@ const CONTENDERS = [
   { id: 'plugin', file: 'plugin.js', env: { VARIANT: 'broadcast' }, label: 'fastify-event-sources broadcast()', pings: true },
   { id: 'plugin-publish', file: 'plugin.js', env: { VARIANT: 'publish' }, label: 'fastify-event-sources publish() + history' },
   { id: 'plugin-batch', file: 'plugin.js', env: { VARIANT: 'batch' }, label: 'fastify-event-sources broadcast(), batch: true' },
+  { id: 'plugin-await', file: 'plugin.js', env: { VARIANT: 'await' }, label: 'fastify-event-sources, handler returns keepAlive()', memoryOnly: true },
   { id: 'fastify-sse', file: 'fastify-sse.js', label: '@fastify/sse', pings: true },
   { id: 'better-sse', file: 'better-sse.js', label: 'better-sse (channel)', pings: true },
   { id: 'fastify-sse-v2', file: 'fastify-sse-v2.js', label: 'fastify-sse-v2' }
 ]
 
 const plan = full
-  ? { mode: 'full', ns: [1000, 5000, 10000], rounds: 15, healthRounds: 3, blastMs: 4000, bursts: [1, 10], pingNs: [1000, 10000], pingMs: 1000, windowMs: 5000 }
-  : { mode: 'short', ns: [1000, 5000], rounds: 5, healthRounds: 2, blastMs: 1200, bursts: [1, 10], pingNs: [5000], pingMs: 1000, windowMs: 3000 }
-if (value('n') !== undefined) plan.ns = plan.pingNs = value('n').split(',').map(Number)
+  ? { mode: 'full', ns: [1000, 5000, 10000], rounds: 15, healthRounds: 3, blastMs: 4000, bursts: [1, 10], pingNs: [1000, 10000], pingMs: 1000, windowMs: 5000, settleMs: 1000, sustainedNs: [1000, 5000, 10000] }
+  : { mode: 'short', ns: [1000, 5000], rounds: 5, healthRounds: 2, blastMs: 800, bursts: [1, 10], pingNs: [5000], pingMs: 1000, windowMs: 2000, settleMs: 500, sustainedNs: [5000] }
+if (value('n') !== undefined) plan.ns = plan.pingNs = plan.sustainedNs = value('n').split(',').map(Number)
 const only = value('only')?.split(',')
 const contenders = only ? CONTENDERS.filter(c => only.includes(c.id)) : CONTENDERS
 
@@ -83,7 +84,7 @@ async function runOne (contender, n, mode) {
   const serverExit = new Promise(resolve => server.once('exit', resolve))
   try {
     const port = Number((await firstLine(server, l => l.startsWith('listening '))).split(' ')[1])
-    const cfg = { port, n, mode, pingMs: plan.pingMs, windowMs: plan.windowMs, rounds: plan.rounds, healthRounds: plan.healthRounds, blastMs: plan.blastMs, bursts: plan.bursts }
+    const cfg = { port, n, mode, pingMs: plan.pingMs, windowMs: plan.windowMs, rounds: plan.rounds, healthRounds: plan.sustainedNs.includes(n) ? plan.healthRounds : 0, blastMs: plan.blastMs, bursts: plan.sustainedNs.includes(n) ? plan.bursts : [], settleMs: plan.settleMs }
     const client = pinned(1, [path.join(__dirname, 'load-client.js'), JSON.stringify(cfg)], {})
     const clientExit = new Promise(resolve => client.once('exit', resolve))
     let result
@@ -134,10 +135,11 @@ async function main () {
   for (const n of plan.ns) {
     for (const contender of contenders) {
       const t0 = Date.now()
-      const r = await runOne(contender, n, 'main')
+      const r = await runOne(contender, n, contender.memoryOnly ? 'memory' : 'main')
       results.runs.push({ contender: contender.id, ...r })
       const f = r.fanout
-      console.log(`${String(n).padStart(6)} ${contender.id.padEnd(15)} ${r.error ?? `p99 ${f.p99ms} ms, ${r.sustained.map(s => `${s.deliveredPerSec}/s`).join(' ')}, ${r.memory.rssPerConn} B/conn, ${r.connect.perSec} conn/s`} (${((Date.now() - t0) / 1000).toFixed(1)} s)`)
+      const summary = f ? `p99 ${f.p99ms} ms, ${r.sustained.map(s => `${s.deliveredPerSec}/s `).join('')}` : ''
+      console.log(`${String(n).padStart(6)} ${contender.id.padEnd(15)} ${r.error ?? `${summary}${r.memory.heapPerConn} B heap/conn, ${r.memory.rssPerConn} B RSS/conn, ${r.connect.perSec} conn/s`} (${((Date.now() - t0) / 1000).toFixed(1)} s)`)
     }
   }
   for (const n of plan.pingNs) {
