@@ -75,7 +75,7 @@ function pingOption (value: PluginOptions['ping']): Settings['ping'] {
   if (value === undefined || value === false) return undefined
   if (typeof value !== 'object' || value === null) fail('ping', 'must be an object { interval, dataMessage } or false')
   const interval = count('ping.interval', value.interval, DEFAULT_PING_INTERVAL, 1)
-  const dataMessage = value.dataMessage ?? DEFAULT_PING_MESSAGE
+  const dataMessage = value.dataMessage === undefined ? DEFAULT_PING_MESSAGE : value.dataMessage
   if (typeof dataMessage !== 'string') fail('ping.dataMessage', 'must be a string')
   return { interval, dataMessage }
 }
@@ -86,22 +86,22 @@ function defaultConnectionKey (request: FastifyRequest): string {
 
 export function normalizeOptions (options: PluginOptions = {}): Settings {
   if (typeof options !== 'object' || options === null) fail('options', 'must be an object')
-  const serializer = options.serializer ?? JSON.stringify
+  const serializer = options.serializer === undefined ? JSON.stringify : options.serializer
   if (typeof serializer !== 'function') fail('serializer', 'must be a function')
 
   const retry = options.retry === undefined ? undefined : count('retry', options.retry, 0)
 
-  const headers = options.headers ?? {}
+  const headers = options.headers === undefined ? {} : options.headers
   if (typeof headers !== 'object' || headers === null) fail('headers', 'must be an object of header names to values')
   for (const [name, value] of Object.entries(headers)) {
     const problem = checkHeader(name, value)
     if (problem !== undefined) fail('headers', problem)
   }
 
-  const slowClient = options.slowClient ?? 'close'
+  const slowClient = options.slowClient === undefined ? 'close' : options.slowClient
   if (slowClient !== 'close' && slowClient !== 'drop') fail('slowClient', `must be 'close' or 'drop', got ${String(slowClient)}`)
 
-  const connectionKey = options.connectionKey ?? defaultConnectionKey
+  const connectionKey = options.connectionKey === undefined ? defaultConnectionKey : options.connectionKey
   if (typeof connectionKey !== 'function') fail('connectionKey', 'must be a function (request) => string')
 
   let adapter = options.adapter
@@ -114,7 +114,7 @@ export function normalizeOptions (options: PluginOptions = {}): Settings {
     fail('adapter', 'must be an adapter such as redisAdapter(...)')
   }
 
-  const resetEvent = options.resetEvent ?? 'reset'
+  const resetEvent = options.resetEvent === undefined ? 'reset' : options.resetEvent
   if (typeof resetEvent !== 'string' || resetEvent === '' || FORBIDDEN.test(resetEvent)) fail('resetEvent', 'must be a non-empty string without CR, LF or NUL')
 
   if (options.batch !== undefined && typeof options.batch !== 'boolean') fail('batch', 'must be a boolean')
