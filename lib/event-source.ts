@@ -396,9 +396,12 @@ export class EventSource implements HttpRequestEventSource {
     if (!this.#h2) headers.connection = 'keep-alive'
     for (const name in settings.headers) headers[name.toLowerCase()] = settings.headers[name]
     if (this.#appended !== undefined) {
+      // appendHeader overrides a default or carried value of the same name; repeated calls add values.
+      const added = new Set<string>()
       for (const [name, value] of this.#appended) {
-        const prior = headers[name]
+        const prior = added.has(name) ? headers[name] : undefined
         headers[name] = prior === undefined ? value : ([] as string[]).concat(prior as string | string[], value)
+        added.add(name)
       }
       this.#appended = undefined
     }

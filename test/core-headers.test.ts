@@ -115,6 +115,23 @@ test('appendHeader before the first send reaches the client; repeated names keep
   t.same(res.headers['set-cookie'], ['a=1', 'b=2'])
 })
 
+test('appendHeader replaces a default or carried header of the same name instead of doubling it', async t => {
+  const { url } = await start(t, app => {
+    app.get('/sse', async (request, reply) => {
+      reply.header('x-carried', 'from-reply')
+      const sse = request.getEventSource()
+      sse.appendHeader('Cache-Control', 'no-store').appendHeader('connection', 'keep-alive').appendHeader('x-carried', 'from-source')
+      sse.send('go')
+      await sse.keepAlive()
+    })
+  })
+  const res = await get(t, url + '/sse').head
+  t.equal(res.headers['cache-control'], 'no-store')
+  t.equal(res.headers.connection, 'keep-alive')
+  t.equal(res.rawHeaders.filter(h => h.toLowerCase() === 'connection').length, 1, 'one Connection header')
+  t.equal(res.headers['x-carried'], 'from-source')
+})
+
 test('appendHeader after the head was written throws FST_ERR_SSE_HEADERS_SENT', async t => {
   const thrown: unknown[] = []
   const { url } = await start(t, app => {
