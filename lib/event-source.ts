@@ -8,24 +8,11 @@ import type { ReplayResult } from './history/history'
 import { checkHeader, type Settings } from './options'
 import { PingPolicy, type PingScheduler } from './ping'
 import type { WriteScheduler } from './scheduler'
-import type { HttpRequestEventSource } from '../types/index'
+import type { CloseReason, HttpRequestEventSource, ReplayInfo, SendOptions } from '../types/index'
 
 export type WriteKind = 'message' | 'ping' | 'comment'
 
-export type CloseReason =
-  | 'close' | 'client' | 'error' | 'timeout' | 'slow-client' | 'drain-timeout'
-  | 'replaced' | 'shutdown' | 'ping-failed'
-
-export interface SendOptions {
-  event?: string
-  id?: string
-  retry?: number
-}
-
-export interface ReplayInfo {
-  replayed: number
-  gap: boolean
-}
+export type { CloseReason, ReplayInfo, SendOptions }
 
 /** What a source needs from the plugin instance that made it. */
 export interface SourceContext {
@@ -444,6 +431,8 @@ export class EventSource implements HttpRequestEventSource {
     this._flushQueue()
     this.#finish(reason)
     if (!res.writableEnded) res.end()
+    // A peer that never reads the last bytes would hold the socket forever: drainTimeout cuts it, as for an open stream.
+    if (this.#out.writableLength > 0) this.#ctx.scheduler.watchDrain(this)
   }
 
   #finish (reason: CloseReason): void {

@@ -4,26 +4,9 @@ import type { Serializer } from './frame'
 import { MemoryHistory } from './history/memory'
 import type { EventSourceAdapter } from './adapters/adapter'
 import { LocalAdapter } from './adapters/local'
+import type { FastifyEventSourcesOptions } from '../types/index'
 
-export interface PluginOptions {
-  serializer?: Serializer
-  retry?: number
-  ping?: { interval?: number, dataMessage?: string } | false
-  headers?: Record<string, string>
-  maxBufferedBytes?: number
-  slowClient?: 'close' | 'drop'
-  drainTimeout?: number
-  maxConnections?: number
-  maxConnectionsPerKey?: number
-  connectionKey?: (request: FastifyRequest) => string
-  history?: { size?: number } | false
-  resetEvent?: string
-  adapter?: EventSourceAdapter
-  batch?: boolean
-  fanOutSlice?: number
-  closeGrace?: number
-  lastEventIdQuery?: string | false
-}
+export type PluginOptions = FastifyEventSourcesOptions
 
 export interface Settings {
   serializer: Serializer

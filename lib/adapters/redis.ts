@@ -3,21 +3,7 @@ import { Redis, type RedisOptions } from 'ioredis'
 import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_INVALID_OPTION, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
 import { APPEND_AND_PUBLISH, RedisStreamsHistory, decode, encode, isAfter } from '../history/redis-streams'
 import type { AdapterHost, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
-
-interface RedisAdapterOptions {
-  /** A connection to use for commands; the adapter subscribes on `client.duplicate()` and never closes `client`. */
-  client?: Redis
-  /** Where to connect when no client is given. Default `redis://127.0.0.1:6379`. */
-  url?: string
-  /** Prefix of the stream key and the channels; instances that share it form one cluster. Default `fastify-event-sources:`. */
-  channelPrefix?: string
-  /** Shared Last-Event-ID history in a Redis Stream (`{ maxLen }`, default 1000, trimmed approximately), or false. */
-  history?: { maxLen?: number } | false
-  /** Milliseconds a publish (or a replay read) may wait for Redis before it fails. Default 2000. */
-  publishTimeout?: number
-  /** Milliseconds registration may wait for the first connection. Default 10000. */
-  connectTimeout?: number
-}
+import type { RedisAdapterOptions } from '../../types/redis'
 
 const SCRIPT_SHA = createHash('sha1').update(APPEND_AND_PUBLISH).digest('hex')
 
