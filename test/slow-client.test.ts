@@ -286,6 +286,19 @@ test('drainTimeout ends a source that sendAsync filled; the pending sendAsync re
   t.equal(sse.closeReason, 'drain-timeout')
 })
 
+test('a stream ended by close() whose peer never reads its last bytes is cut after drainTimeout', async t => {
+  for (const pending of [1024, 64 * 1024]) {
+    const { url, source } = await serveSources(t, { drainTimeout: 300 })
+    stalledClient(t, url, '/sse')
+    const sse = await source(0)
+    await fillUntilStalled(sse, pending, MESSAGE)
+    sse.close()
+    t.equal(sse.closeReason, 'close')
+    await until(() => sse.reply.raw.destroyed, 5000, `the socket to be cut (${pending} bytes pending)`)
+    t.pass(`cut with ${pending} bytes pending`)
+  }
+})
+
 test('a dead peer is noticed through socket close at once, without a write', async t => {
   t.test('the client closes', async t => {
     const { app, url, source } = await serveSources(t)
