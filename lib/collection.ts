@@ -131,16 +131,17 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       reply.header('retry-after', this.#retryAfter())
       throw new FST_ERR_SSE_CLOSING()
     }
-    const key = settings.maxConnectionsPerKey === Infinity ? '' : String(settings.connectionKey(request))
+    // undefined: no per-key limit to count against. Any string, the empty one included, is a key.
+    const key = settings.maxConnectionsPerKey === Infinity ? undefined : String(settings.connectionKey(request))
     if (this.#open.size >= settings.maxConnections) this.#refuse(reply, `maxConnections ${settings.maxConnections} reached`)
-    if (key !== '' && (this.#perKey.get(key) ?? 0) >= settings.maxConnectionsPerKey) {
+    if (key !== undefined && (this.#perKey.get(key) ?? 0) >= settings.maxConnectionsPerKey) {
       this.#refuse(reply, `maxConnectionsPerKey ${settings.maxConnectionsPerKey} reached`)
     }
 
     reply.hijack()
     const source = new EventSource(this.#ctx, request, reply, identifier, key, this.#lastEventId(request))
     this.#open.add(source)
-    if (key !== '') this.#perKey.set(key, (this.#perKey.get(key) ?? 0) + 1)
+    if (key !== undefined) this.#perKey.set(key, (this.#perKey.get(key) ?? 0) + 1)
     if (request.method === 'HEAD') {
       // A HEAD response has no body, and Node holds its head back until it ends: answer with the head at once,
       // and keep out of the collection so a probe cannot replace the live stream with its identifier.
@@ -176,7 +177,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     this.#ending.add(source)
     source._settled().then(() => this.#ending.delete(source), () => {})
     const key = source._key
-    if (key !== '') {
+    if (key !== undefined) {
       const n = (this.#perKey.get(key) ?? 1) - 1
       if (n > 0) this.#perKey.set(key, n)
       else this.#perKey.delete(key)

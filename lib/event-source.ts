@@ -64,7 +64,7 @@ export class EventSource implements HttpRequestEventSource {
   /** @internal ids the replay sent, dropped if they also come live */
   _seam: Set<string> | null = null
   /** @internal the key counted by maxConnectionsPerKey */
-  _key: string
+  _key: string | undefined
 
   #ctx: SourceContext
   #res: TaggedResponse
@@ -83,7 +83,7 @@ export class EventSource implements HttpRequestEventSource {
   #idle: { timeout: number, last: number, timer: NodeJS.Timeout | undefined } | undefined
   #state: Record<string, unknown> | undefined
 
-  constructor (ctx: SourceContext, request: FastifyRequest, reply: FastifyReply, identifier: string | undefined, key: string, lastEventId: string | undefined) {
+  constructor (ctx: SourceContext, request: FastifyRequest, reply: FastifyReply, identifier: string | undefined, key: string | undefined, lastEventId: string | undefined) {
     this.#ctx = ctx
     this.request = request
     this.reply = reply

@@ -140,3 +140,15 @@ test('limits do not count a refused request', async t => {
   t.equal(await open(t, app, url, sources, '/sse'), 200)
   t.equal(app.eventSources.openStreams, 1)
 })
+
+test('an empty connectionKey is a key like any other: it cannot bypass maxConnectionsPerKey', async t => {
+  const { app, url, sources } = await serveSources(t, {
+    maxConnectionsPerKey: 1,
+    connectionKey: request => String(request.headers['x-user'] ?? '')
+  })
+  t.equal(await open(t, app, url, sources, '/sse'), 200)
+  t.equal((await reader(t, url, '/sse')).res.statusCode, 503)
+  t.equal(app.eventSources.openStreams, 1)
+  sources[0].close()
+  t.equal(await open(t, app, url, sources, '/sse'), 200, 'and its slot is given back')
+})
