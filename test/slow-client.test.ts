@@ -96,6 +96,35 @@ test("slowClient 'drop' discards and counts messages past the bound, keeps the s
   t.equal(log.events.at(-1)?.data, 'after')
 })
 
+test("broadcast under 'drop': stalled HTTP/1.1 clients hold at most the bound while readers get every message", async t => {
+  const BOUND = 64 * 1024
+  const { app, url, sources } = await serveSources(t, { maxBufferedBytes: BOUND, slowClient: 'drop' })
+  for (let i = 0; i < 10; i++) stalledClient(t, url, `/sse?id=stalled-${i}`)
+  const readers = await Promise.all(Array.from({ length: 3 }, (_, i) => reader(t, url, `/sse?id=reader-${i}`)))
+  await until(() => sources.length === 13)
+  const readerSources = sources.filter(s => s.identifier?.startsWith('reader-'))
+  const stalled = sources.filter(s => s.identifier?.startsWith('stalled-'))
+
+  // Enough to fill the kernel's buffers of every stalled connection (a few MB each on loopback) and then some.
+  const sent: string[] = []
+  let delivered = 0
+  for (let round = 0; round < 400 && !stalled.every(s => s.droppedMessages >= 50); round++) {
+    for (let i = 0; i < 8; i++) {
+      const data = `${round}.${i}:` + 'b'.repeat(2000)
+      delivered += app.eventSources.broadcast(data)
+      sent.push(data)
+    }
+    await until(() => readerSources.every(s => s.bufferedAmount === 0), 5000, 'the readers to take the round')
+  }
+  const dropped = stalled.reduce((n, s) => n + s.droppedMessages, 0)
+  t.equal(delivered + dropped, sent.length * sources.length, 'broadcast counted every source that took a message, and only those')
+  t.ok(stalled.every(s => s.droppedMessages >= 50), `every stalled client reached the bound and had messages dropped (${sent.length} sent)`)
+  t.ok(stalled.every(s => s.isActive && s.bufferedAmount <= BOUND + 16), 'each stalled client holds at most the bound, and stays')
+  await until(() => readers.every(r => r.log.events.length === sent.length), 10_000, 'the readers to get everything')
+  for (const r of readers) t.same(r.log.events.map(e => e.data), sent, 'a reader got every message, in order')
+  t.ok(readerSources.every(s => s.droppedMessages === 0))
+})
+
 test('a single message larger than maxBufferedBytes counts as passing it', async t => {
   t.test("'close' ends the source, even for a client that reads", async t => {
     const { url, source } = await serveSources(t, { maxBufferedBytes: MAX })
