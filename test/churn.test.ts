@@ -171,7 +171,7 @@ test('1,000 clients that never read hold at most maxBufferedBytes each, and read
   const budget = STALLED * (BOUND + 32 * 1024)
   t.comment(`1,000 stalled: ${(held / MB).toFixed(1)} MB pending in total; memory after GC ${(before / MB).toFixed(1)} MB empty, ` +
     `${(connected / MB).toFixed(1)} MB connected (${(perConnection / 1024).toFixed(1)} kB per stream), ${(loaded / MB).toFixed(1)} MB loaded; ` +
-    `${ROUNDS * payload.length * STALLED / MB} MB were offered to the stalled streams`)
+    `${(ROUNDS * payload.length * STALLED / MB).toFixed(0)} MB were offered to the stalled streams`)
   t.ok(loaded - before < budget, `memory stays under 1000 × (maxBufferedBytes + 32 kB) = ${(budget / MB).toFixed(0)} MB (used ${((loaded - before) / MB).toFixed(1)} MB)`)
   child.stdin.end()
 })
