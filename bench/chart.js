@@ -4,7 +4,7 @@
 
 const COLORS = ['#2b6cb0', '#dd6b20', '#38a169', '#805ad5', '#d53f8c', '#718096', '#b7791f', '#319795']
 const WIDTH = 880
-const LABEL = 300
+const LABEL = 270
 const ROW = 16
 const GAP = 10
 const FONT = 'font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif"'
@@ -29,11 +29,11 @@ function panel (p, y) {
   out.push(`<text x="10" y="${y + 16}" font-size="15" font-weight="600" ${FONT}>${escape(p.title)}</text>`)
   let legendX = LABEL
   p.series.forEach((name, k) => {
-    out.push(`<rect x="${legendX}" y="${y + 6}" width="12" height="12" fill="${COLORS[k % COLORS.length]}"/>`)
-    out.push(`<text x="${legendX + 16}" y="${y + 16}" font-size="12" ${FONT}>${escape(name)}</text>`)
+    out.push(`<rect x="${legendX}" y="${y + 26}" width="12" height="12" fill="${COLORS[k % COLORS.length]}"/>`)
+    out.push(`<text x="${legendX + 16}" y="${y + 36}" font-size="12" ${FONT}>${escape(name)}</text>`)
     legendX += 24 + name.length * 7
   })
-  y += 28
+  y += 48
   for (const row of p.rows) {
     const h = p.series.length * ROW
     out.push(`<text x="${LABEL - 8}" y="${y + h / 2 + 4}" font-size="12" text-anchor="end" ${FONT}${row.highlight ? ' font-weight="600"' : ''}>${escape(row.label)}</text>`)

@@ -1,14 +1,14 @@
 'use strict'
 
-// A worker thread that asks the server for /health every few ms over one keep-alive connection and records
-// how long each answer took: what any other request sees while a broadcast runs.
+// A small process that asks the server for /health every few ms over one keep-alive connection and records how
+// long each answer took: what any other request sees while a broadcast runs. It runs on the server's core at a
+// higher priority, so what it measures is the server's loop, not a busy load client.
 
 const http = require('node:http')
 const os = require('node:os')
-const { parentPort, workerData } = require('node:worker_threads')
 
-// The probe shares a core with the load client; a higher priority for this thread alone (Linux applies it per
-// thread) keeps its answers from waiting behind the client's parsing.
+const port = Number(process.argv[2])
+const everyMs = Number(process.argv[3]) || 2
 try {
   os.setPriority(-10)
 } catch {}
@@ -18,18 +18,19 @@ let latencies = []
 
 function probe () {
   const t0 = performance.now()
-  http.get({ host: '127.0.0.1', port: workerData.port, path: '/health', agent }, res => {
+  http.get({ host: '127.0.0.1', port, path: '/health', agent }, res => {
     res.resume()
     res.on('end', () => {
       latencies.push(performance.now() - t0)
-      setTimeout(probe, workerData.everyMs)
+      setTimeout(probe, everyMs)
     })
-  }).on('error', () => setTimeout(probe, workerData.everyMs))
+  }).on('error', () => setTimeout(probe, everyMs))
 }
 
-parentPort.on('message', message => {
+process.on('message', message => {
   if (message === 'reset') latencies = []
-  else if (message === 'read') parentPort.postMessage(latencies)
+  else if (message === 'read') process.send(latencies)
 })
+process.on('disconnect', () => process.exit(0))
 probe()
-parentPort.postMessage('ready')
+process.send('ready')

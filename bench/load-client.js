@@ -7,7 +7,7 @@
 
 const net = require('node:net')
 const http = require('node:http')
-const { Worker } = require('node:worker_threads')
+const { spawn } = require('node:child_process')
 const path = require('node:path')
 
 const cfg = JSON.parse(process.argv[2])
@@ -168,24 +168,28 @@ async function fanout (rounds) {
   }
 }
 
-// /health from a separate thread over one keep-alive connection, so the probe is not queued behind the
+// /health from a separate process (on the server's core when pinning), so the probe is not queued behind the
 // client's own parsing of N streams.
 async function healthDuringBroadcast (rounds) {
-  const worker = new Worker(path.join(__dirname, 'health-probe.js'), { workerData: { port, everyMs: 2 } })
+  const probe = [path.join(__dirname, 'health-probe.js'), String(port), '2']
+  const stdio = ['ignore', 'ignore', 'inherit', 'ipc']
+  const worker = cfg.probeCore === undefined
+    ? spawn(process.execPath, probe, { stdio })
+    : spawn('taskset', ['-c', String(cfg.probeCore), process.execPath, ...probe], { stdio })
   await new Promise(resolve => worker.once('message', resolve))
   const probes = []
   const loops = []
   const loopsCpu = []
   for (let r = 0; r < rounds; r++) {
-    worker.postMessage('reset')
+    worker.send('reset')
     const b = await oneBroadcast(15000)
     loops.push(b.loopMaxMs)
     loopsCpu.push(b.loopMaxCpuMs)
-    worker.postMessage('read')
+    worker.send('read')
     probes.push(...await new Promise(resolve => worker.once('message', resolve)))
     await sleep(150)
   }
-  await worker.terminate()
+  worker.disconnect()
   const s = sorted(probes)
   return { rounds, probes: s.length, p50ms: round2(pct(s, 0.5)), p99ms: round2(pct(s, 0.99)), maxMs: round2(s[s.length - 1]), loopMaxMs: round2(Math.max(...loops)), loopMaxCpuMs: round2(Math.max(...loopsCpu)) }
 }

@@ -19,13 +19,13 @@ const value = name => flag(name)?.split('=')[1]
 const full = flag('full') !== undefined
 
 const CONTENDERS = [
-  { id: 'plain', file: 'plain-node.js', label: 'node:http, one Buffer (the limit)', pings: true },
-  { id: 'plugin', file: 'plugin.js', env: { VARIANT: 'broadcast' }, label: 'fastify-event-sources broadcast()', pings: true },
-  { id: 'plugin-publish', file: 'plugin.js', env: { VARIANT: 'publish' }, label: 'fastify-event-sources publish() + history' },
-  { id: 'plugin-batch', file: 'plugin.js', env: { VARIANT: 'batch' }, label: 'fastify-event-sources broadcast(), batch: true' },
-  { id: 'plugin-await', file: 'plugin.js', env: { VARIANT: 'await' }, label: 'fastify-event-sources, handler returns keepAlive()', memoryOnly: true },
+  { id: 'plain', file: 'plain-node.js', label: 'node:http (the limit)', pings: true },
+  { id: 'plugin', file: 'plugin.js', env: { VARIANT: 'broadcast' }, label: 'fastify-event-sources, broadcast()', pings: true },
+  { id: 'plugin-publish', file: 'plugin.js', env: { VARIANT: 'publish' }, label: 'fastify-event-sources, publish() + history' },
+  { id: 'plugin-batch', file: 'plugin.js', env: { VARIANT: 'batch' }, label: 'fastify-event-sources, batch: true' },
+  { id: 'plugin-await', file: 'plugin.js', env: { VARIANT: 'await' }, label: 'fastify-event-sources, keepAlive()', memoryOnly: true },
   { id: 'fastify-sse', file: 'fastify-sse.js', label: '@fastify/sse', pings: true },
-  { id: 'better-sse', file: 'better-sse.js', label: 'better-sse (channel)', pings: true },
+  { id: 'better-sse', file: 'better-sse.js', label: 'better-sse', pings: true },
   { id: 'fastify-sse-v2', file: 'fastify-sse-v2.js', label: 'fastify-sse-v2' }
 ]
 
@@ -45,6 +45,7 @@ const hasTaskset = (() => {
   }
 })()
 const cores = os.cpus().length
+const pinning = hasTaskset && cores > 1
 
 // Both processes get the hard limit of open files (the shell's soft limit is often 1024), and a core each.
 function pinned (core, nodeArgs, env) {
@@ -84,7 +85,7 @@ async function runOne (contender, n, mode) {
   const serverExit = new Promise(resolve => server.once('exit', resolve))
   try {
     const port = Number((await firstLine(server, l => l.startsWith('listening '))).split(' ')[1])
-    const cfg = { port, n, mode, pingMs: plan.pingMs, windowMs: plan.windowMs, rounds: plan.rounds, healthRounds: plan.sustainedNs.includes(n) ? plan.healthRounds : 0, blastMs: plan.blastMs, bursts: plan.sustainedNs.includes(n) ? plan.bursts : [], settleMs: plan.settleMs }
+    const cfg = { port, n, mode, pingMs: plan.pingMs, windowMs: plan.windowMs, rounds: plan.rounds, healthRounds: plan.sustainedNs.includes(n) ? plan.healthRounds : 0, blastMs: plan.blastMs, bursts: plan.sustainedNs.includes(n) ? plan.bursts : [], settleMs: plan.settleMs, probeCore: pinning ? 0 : undefined }
     const client = pinned(1, [path.join(__dirname, 'load-client.js'), JSON.stringify(cfg)], {})
     const clientExit = new Promise(resolve => client.once('exit', resolve))
     let result

@@ -2,8 +2,8 @@ import { performance } from 'node:perf_hooks'
 import type { EventSource, WriteKind } from './event-source'
 
 const CHECK_EVERY = 64
-/** µs per write assumed before any has been measured: a loopback socket write costs about 15-20 µs. */
-const FIRST_GUESS_US = 20
+/** µs per write assumed before any has been measured: twice a warm loopback write, since the first run is cold. */
+const FIRST_GUESS_US = 40
 
 /**
  * Shared by every source of one plugin instance: fan-out in time slices, the per-tick flush of queued frames,
