@@ -37,7 +37,7 @@ function writeReport (results) {
   const ns = results.plan.ns
   const big = ns[ns.length - 1]
   const labels = Object.fromEntries(results.contenders.map(c => [c.id, c.label]))
-  const all = results.contenders.map(c => c.id)
+  const all = results.contenders.map(c => c.id).filter(id => !id.startsWith('before'))
   const ids = all.filter(id => ns.some(n => get(id, n)?.fanout))
   const name = id => id === PLUGIN || id.startsWith('plugin-') ? `**${labels[id]}**` : labels[id]
 
@@ -197,6 +197,40 @@ function writeReport (results) {
       get(id, n, 'ping') ? String(get(id, n, 'ping').ping.timers) : 'n/a',
       cell(id, n, r => r.ping.loopMaxCpuMs, { mode: 'ping' })
     ])))
+    out.push('')
+  }
+
+  if (get('before', big)) {
+    const pairs = [['plugin', 'before'], ['plugin-batch', 'before-batch'], ['plugin-await', 'before-await']]
+    const metrics = [
+      ['broadcast', 'delivery p50 (ms)', r => r.fanout?.p50ms],
+      ['broadcast', 'delivery p99 (ms)', r => r.fanout?.p99ms],
+      ['broadcast', 'longest loop block, CPU (ms)', r => r.fanout?.loopMaxCpuMs],
+      ['broadcast', 'server CPU per broadcast (ms)', r => r.fanout?.cpuMs],
+      ['broadcast', '/health during a broadcast, max (ms)', r => r.health?.maxMs],
+      ['broadcast', 'sustained, 1 event per tick (/s)', burst(1)],
+      ['broadcast', 'sustained, 10 events per tick (/s)', burst(10)],
+      ['broadcast', 'heap per idle connection (B)', heap],
+      ['batch', 'delivery p99 (ms)', r => r.fanout?.p99ms],
+      ['batch', 'longest loop block, CPU (ms)', r => r.fanout?.loopMaxCpuMs],
+      ['batch', 'sustained, 10 events per tick (/s)', burst(10)],
+      ['keepAlive', 'heap per idle connection (B)', heap]
+    ]
+    const modeOf = { broadcast: 0, batch: 1, keepAlive: 2 }
+    const base = get(PLAIN, big)
+    const rowsBA = metrics.map(([mode, label, pick]) => {
+      const [after, before] = pairs[modeOf[mode]].map(id => get(id, big))
+      const a = after && pick(after)
+      const b = before && pick(before)
+      const p = base && pick(base)
+      const vs = x => (x !== undefined && p ? ` (${(x / p).toFixed(2)}×)` : '')
+      return [`${mode}: ${label}`, b === undefined ? 'n/a' : `${fmt(b)}${vs(b)}`, a === undefined ? 'n/a' : `${fmt(a)}${vs(a)}`, a !== undefined && b ? `${(a / b).toFixed(2)}×` : 'n/a']
+    })
+    out.push(`## Before and after the changes (same run, N = ${num(big)})`)
+    out.push('')
+    out.push('"Before" is the plugin built without the changes listed below; in brackets, the ratio to plain Node in this run.')
+    out.push('')
+    out.push(table(['measure', 'before', 'after', 'after / before'], rowsBA))
     out.push('')
   }
 

@@ -5,7 +5,7 @@
 //
 //   node bench/run.js            short run (N = 1,000 and 5,000), under two minutes
 //   node bench/run.js --full     N = 1,000, 5,000 and 10,000, more rounds, longer sustained runs
-//   options: --only=plain,plugin  --n=1000,5000  --no-report
+//   options: --only=plain,plugin  --n=1000,5000  --no-report  --before=<dist dir of another build>
 
 const { spawn, execFileSync } = require('node:child_process')
 const fs = require('node:fs')
@@ -33,6 +33,14 @@ const plan = full
   ? { mode: 'full', ns: [1000, 5000, 10000], rounds: 15, healthRounds: 3, blastMs: 4000, bursts: [1, 10], pingNs: [1000, 10000], pingMs: 1000, windowMs: 5000, settleMs: 1000, sustainedNs: [1000, 5000, 10000] }
   : { mode: 'short', ns: [1000, 5000], rounds: 5, healthRounds: 2, blastMs: 800, bursts: [1, 10], pingNs: [5000], pingMs: 1000, windowMs: 2000, settleMs: 500, sustainedNs: [5000] }
 if (value('n') !== undefined) plan.ns = plan.pingNs = plan.sustainedNs = value('n').split(',').map(Number)
+if (value('before') !== undefined) {
+  const dist = path.resolve(value('before'), 'index.js')
+  CONTENDERS.push(
+    { id: 'before', file: 'plugin.js', env: { VARIANT: 'broadcast', PLUGIN_DIST: dist }, label: 'before, broadcast()', largestOnly: true },
+    { id: 'before-batch', file: 'plugin.js', env: { VARIANT: 'batch', PLUGIN_DIST: dist }, label: 'before, batch: true', largestOnly: true },
+    { id: 'before-await', file: 'plugin.js', env: { VARIANT: 'await', PLUGIN_DIST: dist }, label: 'before, keepAlive()', memoryOnly: true, largestOnly: true }
+  )
+}
 const only = value('only')?.split(',')
 const contenders = only ? CONTENDERS.filter(c => only.includes(c.id)) : CONTENDERS
 
@@ -135,6 +143,7 @@ async function main () {
   const results = { mode: plan.mode, plan, date: new Date().toISOString(), machine: machine(), versions: versions(), contenders: contenders.map(({ id, label }) => ({ id, label })), runs: [] }
   for (const n of plan.ns) {
     for (const contender of contenders) {
+      if (contender.largestOnly && n !== plan.ns[plan.ns.length - 1]) continue
       const t0 = Date.now()
       const r = await runOne(contender, n, contender.memoryOnly ? 'memory' : 'main')
       results.runs.push({ contender: contender.id, ...r })

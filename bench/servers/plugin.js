@@ -4,7 +4,8 @@
 // await (as broadcast, with a handler that returns keepAlive(): only its memory is measured).
 
 const Fastify = require('fastify')
-const eventSources = require('../../dist/index.js')
+// PLUGIN_DIST points at another build of the plugin, to compare before and after a change.
+const eventSources = require(process.env.PLUGIN_DIST || '../../dist/index.js')
 const { createControl, fastifyControl, listenFastify, PING_MS } = require('./control')
 
 const variant = process.env.VARIANT || 'broadcast'
