@@ -19,14 +19,14 @@ const value = name => flag(name)?.split('=')[1]
 const full = flag('full') !== undefined
 
 const CONTENDERS = [
-  { id: 'plain', file: 'plain-node.js', label: 'node:http (the limit)', pings: true },
-  { id: 'plugin', file: 'plugin.js', env: { VARIANT: 'broadcast' }, label: 'fastify-event-sources, broadcast()', pings: true },
-  { id: 'plugin-publish', file: 'plugin.js', env: { VARIANT: 'publish' }, label: 'fastify-event-sources, publish() + history' },
-  { id: 'plugin-batch', file: 'plugin.js', env: { VARIANT: 'batch' }, label: 'fastify-event-sources, batch: true' },
-  { id: 'plugin-await', file: 'plugin.js', env: { VARIANT: 'await' }, label: 'fastify-event-sources, keepAlive()', memoryOnly: true },
-  { id: 'fastify-sse', file: 'fastify-sse.js', label: '@fastify/sse', pings: true },
-  { id: 'better-sse', file: 'better-sse.js', label: 'better-sse', pings: true },
-  { id: 'fastify-sse-v2', file: 'fastify-sse-v2.js', label: 'fastify-sse-v2' }
+  { id: 'plain', file: 'plain-node.js', label: 'node:http (the limit)', pings: true, about: 'plain `node:http`: each broadcast writes one pre-built Buffer to every open response' },
+  { id: 'plugin', file: 'plugin.js', env: { VARIANT: 'broadcast' }, label: 'fastify-event-sources, broadcast()', pings: true, about: 'this plugin: identified sources, `fastify.eventSources.broadcast(data)`' },
+  { id: 'plugin-publish', file: 'plugin.js', env: { VARIANT: 'publish' }, label: 'fastify-event-sources, publish() + history', about: '`fastify.eventSources.publish(data)` with the in-memory history on (every event gets an id and is stored)' },
+  { id: 'plugin-batch', file: 'plugin.js', env: { VARIANT: 'batch' }, label: 'fastify-event-sources, batch: true', about: '`broadcast()` with `batch: true`: one write per socket per tick' },
+  { id: 'plugin-await', file: 'plugin.js', env: { VARIANT: 'await' }, label: 'fastify-event-sources, keepAlive()', memoryOnly: true, about: 'as `broadcast()`, with a handler that returns `sse.keepAlive()` (memory only)' },
+  { id: 'fastify-sse', file: 'fastify-sse.js', label: '@fastify/sse', pings: true, about: 'a `{ sse: true }` route, `reply.sse.keepAlive()`, a broadcast calls `reply.sse.send(string)` on every reply' },
+  { id: 'better-sse', file: 'better-sse.js', label: 'better-sse', pings: true, about: '`reply.hijack()`, `createSession(request.raw, reply.raw)`, every session in one `createChannel()`, `channel.broadcast(data)`' },
+  { id: 'fastify-sse-v2', file: 'fastify-sse-v2.js', label: 'fastify-sse-v2', about: 'a broadcast calls `reply.sse({ data })` on every reply' }
 ]
 
 const plan = full
@@ -140,7 +140,7 @@ function machine () {
 
 async function main () {
   const started = Date.now()
-  const results = { mode: plan.mode, plan, date: new Date().toISOString(), machine: machine(), versions: versions(), contenders: contenders.map(({ id, label }) => ({ id, label })), runs: [] }
+  const results = { mode: plan.mode, plan, date: new Date().toISOString(), machine: machine(), versions: versions(), contenders: contenders.map(({ id, label, about }) => ({ id, label, about })), runs: [] }
   for (const n of plan.ns) {
     for (const contender of contenders) {
       if (contender.largestOnly && n !== plan.ns[plan.ns.length - 1]) continue
