@@ -20,20 +20,26 @@ function memory () {
 
 const PING_MS = Number(process.env.PING_MS) || 0
 
-// Live timers, ref'd or not (getActiveResourcesInfo skips unref'd ones); only tracked in ping runs.
-const liveTimers = new Set()
+// Repeating timers alive, ref'd or not (getActiveResourcesInfo skips unref'd ones). Counted by wrapping
+// setInterval before any contender loads, and only in ping runs; async_hooks would tax every write instead.
+const intervals = new Set()
 if (PING_MS > 0) {
-  require('node:async_hooks').createHook({
-    init (id, type) {
-      if (type === 'Timeout') liveTimers.add(id)
-    },
-    destroy (id) {
-      liveTimers.delete(id)
-    }
-  }).enable()
+  const timersModule = require('node:timers')
+  const { setInterval: originalSet, clearInterval: originalClear } = timersModule
+  const set = (...args) => {
+    const timer = originalSet(...args)
+    intervals.add(timer)
+    return timer
+  }
+  const clear = timer => {
+    intervals.delete(timer)
+    originalClear(timer)
+  }
+  globalThis.setInterval = timersModule.setInterval = set
+  globalThis.clearInterval = timersModule.clearInterval = clear
 }
 function timers () {
-  return PING_MS > 0 ? liveTimers.size : undefined
+  return PING_MS > 0 ? intervals.size : undefined
 }
 
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
