@@ -4,7 +4,7 @@
 
 const COLORS = ['#2b6cb0', '#dd6b20', '#38a169', '#805ad5', '#d53f8c', '#718096', '#b7791f', '#319795']
 const WIDTH = 880
-const LABEL = 270
+const LABEL = 290
 const ROW = 16
 const GAP = 10
 const FONT = 'font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif"'
@@ -12,6 +12,7 @@ const FONT = 'font-family="system-ui, -apple-system, Segoe UI, Helvetica, Arial,
 const escape = s => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
 
 function format (v) {
+  if (v >= 1000000) return `${(v / 1000000).toFixed(2)}M`
   if (v >= 100000) return `${Math.round(v / 1000)}k`
   if (v >= 10000) return `${(v / 1000).toFixed(1)}k`
   if (v >= 100) return String(Math.round(v))

@@ -21,7 +21,7 @@ const full = flag('full') !== undefined
 const CONTENDERS = [
   { id: 'plain', file: 'plain-node.js', label: 'node:http (the limit)', pings: true, about: 'plain `node:http`: each broadcast writes one pre-built Buffer to every open response' },
   { id: 'plugin', file: 'plugin.js', env: { VARIANT: 'broadcast' }, label: 'fastify-event-sources, broadcast()', pings: true, about: 'this plugin: identified sources, `fastify.eventSources.broadcast(data)`' },
-  { id: 'plugin-publish', file: 'plugin.js', env: { VARIANT: 'publish' }, label: 'fastify-event-sources, publish() + history', about: '`fastify.eventSources.publish(data)` with the in-memory history on (every event gets an id and is stored)' },
+  { id: 'plugin-publish', file: 'plugin.js', env: { VARIANT: 'publish' }, label: 'fastify-event-sources, publish()', about: '`fastify.eventSources.publish(data)` with the in-memory history on (every event gets an id and is stored)' },
   { id: 'plugin-batch', file: 'plugin.js', env: { VARIANT: 'batch' }, label: 'fastify-event-sources, batch: true', about: '`broadcast()` with `batch: true`: one write per socket per tick' },
   { id: 'plugin-await', file: 'plugin.js', env: { VARIANT: 'await' }, label: 'fastify-event-sources, keepAlive()', memoryOnly: true, about: 'as `broadcast()`, with a handler that returns `sse.keepAlive()` (memory only)' },
   { id: 'fastify-sse', file: 'fastify-sse.js', label: '@fastify/sse', pings: true, about: 'a `{ sse: true }` route, `reply.sse.keepAlive()`, a broadcast calls `reply.sse.send(string)` on every reply' },
