@@ -38,6 +38,9 @@ export class WriteScheduler {
     const deadline = start + this.slice
     const budget = this.#budget(this.#fanOutCost)
     let n = 0
+    let i = 0
+    // Only writes that reached the socket count against the budget and teach the cost: a source with a queue
+    // (or every source, in batch mode) just had the frame queued, which costs next to nothing.
     let written = 0
     let deferring = false
     for (const source of sources) {
@@ -47,7 +50,8 @@ export class WriteScheduler {
         continue
       }
       if (source._write(frame, kind)) n++
-      if (++written % CHECK_EVERY === 0 && (written >= budget || performance.now() >= deadline)) deferring = true
+      if (source._queue === null) written++
+      if (++i % CHECK_EVERY === 0 && (written >= budget || performance.now() >= deadline)) deferring = true
     }
     if (written >= CHECK_EVERY) process.nextTick(this.#learnFanOut, start, written)
     return n
