@@ -179,24 +179,36 @@ test('the ping option starts a ping on every source', async t => {
 })
 
 test('a ping that finds the connection dead ends the source with ping-failed', async t => {
-  let source: HttpRequestEventSource | undefined
-  let resumed = false
+  const sources = new Map<string, HttpRequestEventSource>()
   const { app, url } = await start(t, app => {
-    app.get('/sse', async (request, reply) => {
-      const sse = source = request.getEventSource('doomed')
+    app.get('/sse/:id', async request => {
+      const id = (request.params as { id: string }).id
+      const sse = request.getEventSource(id)
+      sources.set(id, sse)
       sse.flush()
-      // Same delay, created first: the connection dies just before the ping timer fires, before 'close' is seen.
-      setTimeout(() => reply.raw.destroy(), 25)
       sse.withPing(ping => { ping.interval = 25; ping.start() })
       await sse.keepAlive()
-      resumed = true
     })
   })
-  await openRaw(t, url + '/sse')
-  await until(() => resumed, 3000, 'keepAlive to resolve')
-  t.equal(source?.closeReason, 'ping-failed')
-  t.equal(app.eventSources.activeConnections, 0)
-  t.equal(app.eventSources.pingTimers, 0)
+  await openRaw(t, url + '/sse/first')
+  await until(() => sources.has('first'))
+  await openRaw(t, url + '/sse/second')
+  await until(() => sources.has('second'))
+  const first = sources.get('first') as HttpRequestEventSource
+  const second = sources.get('second') as HttpRequestEventSource
+  // Both share one ping round, `first` ahead: writing its ping kills `second`'s connection, so the same round
+  // reaches `second` before any 'close' event can be seen, and only the ping's write finds it dead.
+  const raw = first.reply.raw
+  const write = raw.write
+  raw.write = function (this: typeof raw, chunk: unknown, ...rest: unknown[]) {
+    if (second.isActive && String(chunk).startsWith(':')) second.reply.raw.destroy()
+    return (write as (...args: unknown[]) => boolean).call(this, chunk, ...rest)
+  } as typeof raw.write
+  await until(() => !second.isActive, 3000, 'the dead source to end')
+  t.equal(second.closeReason, 'ping-failed')
+  t.ok(first.isActive, 'the live member is untouched')
+  t.equal(app.eventSources.activeConnections, 1)
+  t.equal(app.eventSources.pingTimers, 1)
 })
 
 test('a ping group with a dead member keeps pinging the others', async t => {
