@@ -2,6 +2,7 @@ import { createParser, type EventSourceMessage } from 'eventsource-parser'
 import { test } from 'tap'
 import { checkEventOptions, commentFrame, eventFrame, eventText, retryFrame, serialize } from '../lib/frame'
 import * as errors from '../lib/errors'
+import { prng } from './helpers/clients'
 
 /** What a spec-conforming parser makes of some bytes, fed in the given chunk sizes. */
 function parse (bytes: Buffer, chunkSizes: number[] = [bytes.length]): { events: EventSourceMessage[], comments: string[], retries: number[] } {
@@ -20,18 +21,6 @@ function parse (bytes: Buffer, chunkSizes: number[] = [bytes.length]): { events:
   }
   parser.feed(decoder.decode())
   return out
-}
-
-/** A small deterministic generator, so a failure can be replayed. */
-function prng (seed: number): () => number {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let x = s
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 const PIECES = ['a', 'Z', ' ', '  ', ':', 'data:', 'id:', 'event:', 'retry: 5', '\r', '\n', '\r\n', '\n\r', '\r\r', '\n\n', '\t', '\0', 'é', '漢', '😀', '\u2028', '\u2029', '\uFEFF', '{"x":1}']
