@@ -1,39 +1,7 @@
-import { request as httpRequest } from 'node:http'
-import { createParser, type EventSourceMessage } from 'eventsource-parser'
 import { test } from 'tap'
 import type { HttpRequestEventSource } from '../types/index'
+import { openRaw } from './helpers/raw'
 import { start, until } from './helpers/server'
-
-type T = Parameters<typeof start>[0]
-
-interface Raw {
-  text: string
-  events: EventSourceMessage[]
-  ended: boolean
-  abort: () => void
-}
-
-async function openRaw (t: T, url: string): Promise<Raw> {
-  const req = httpRequest(url)
-  req.on('error', () => {})
-  const raw: Raw = { text: '', events: [], ended: false, abort: () => { req.destroy() } }
-  const parser = createParser({ onEvent: event => raw.events.push(event) })
-  t.teardown(raw.abort)
-  await new Promise<void>((resolve, reject) => {
-    req.on('response', res => {
-      res.setEncoding('utf8')
-      res.on('data', (chunk: string) => {
-        raw.text += chunk
-        parser.feed(chunk)
-      })
-      res.on('close', () => { raw.ended = true })
-      resolve()
-    })
-    req.on('error', reject)
-    req.end()
-  })
-  return raw
-}
 
 /** Routes: /sse/:id opens an identified source, /anon an unidentified one; both flush and wait. */
 function routes (app: Parameters<Parameters<typeof start>[1]>[0]): void {

@@ -1,35 +1,8 @@
-import { request as httpRequest } from 'node:http'
 import { test } from 'tap'
 import { Agent, request as undiciRequest } from 'undici'
 import type { HttpRequestEventSource } from '../types/index'
+import { openRaw } from './helpers/raw'
 import { start, until } from './helpers/server'
-
-type T = Parameters<typeof start>[0]
-
-interface Raw {
-  text: string
-  ended: boolean
-  abort: () => void
-}
-
-/** A plain HTTP/1.1 client: abort() destroys its socket at once, as a closed tab would. */
-async function openRaw (t: T, url: string): Promise<Raw> {
-  const req = httpRequest(url)
-  req.on('error', () => {})
-  const raw: Raw = { text: '', ended: false, abort: () => { req.destroy() } }
-  t.teardown(raw.abort)
-  await new Promise<void>((resolve, reject) => {
-    req.on('response', res => {
-      res.setEncoding('utf8')
-      res.on('data', (chunk: string) => { raw.text += chunk })
-      res.on('close', () => { raw.ended = true })
-      resolve()
-    })
-    req.on('error', reject)
-    req.end()
-  })
-  return raw
-}
 
 function logCapture (): { lines: Record<string, unknown>[], options: object } {
   const lines: Record<string, unknown>[] = []

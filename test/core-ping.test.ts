@@ -1,42 +1,8 @@
-import { request as httpRequest } from 'node:http'
-import { createParser, type EventSourceMessage } from 'eventsource-parser'
 import { test } from 'tap'
 import { EventSource } from 'undici'
 import type { HttpRequestEventSource } from '../types/index'
+import { openRaw } from './helpers/raw'
 import { start, until } from './helpers/server'
-
-type T = Parameters<typeof start>[0]
-
-interface Raw {
-  text: string
-  bytes: number
-  events: EventSourceMessage[]
-  comments: string[]
-  ended: boolean
-  abort: () => void
-}
-
-async function openRaw (t: T, url: string): Promise<Raw> {
-  const req = httpRequest(url)
-  req.on('error', () => {})
-  const raw: Raw = { text: '', bytes: 0, events: [], comments: [], ended: false, abort: () => { req.destroy() } }
-  const parser = createParser({ onEvent: event => raw.events.push(event), onComment: comment => raw.comments.push(comment) })
-  t.teardown(raw.abort)
-  await new Promise<void>((resolve, reject) => {
-    req.on('response', res => {
-      res.on('data', (chunk: Buffer) => {
-        raw.bytes += chunk.length
-        raw.text += chunk.toString()
-        parser.feed(chunk.toString())
-      })
-      res.on('close', () => { raw.ended = true })
-      resolve()
-    })
-    req.on('error', reject)
-    req.end()
-  })
-  return raw
-}
 
 test('withPing writes ": <dataMessage>" comments on the interval, counted in sentContentLength', async t => {
   let source: HttpRequestEventSource | undefined

@@ -1,46 +1,10 @@
-import { createParser, type EventSourceMessage } from 'eventsource-parser'
 import { test } from 'tap'
 import { EventSource } from 'undici'
 import type { HttpRequestEventSource } from '../types/index'
+import { openRaw } from './helpers/raw'
 import { start, until } from './helpers/server'
 
 type T = Parameters<typeof start>[0]
-
-interface Raw {
-  text: string
-  bytes: number
-  events: EventSourceMessage[]
-  comments: string[]
-  retries: number[]
-  ended: boolean
-}
-
-/** Reads the body as it arrives, keeping the exact text and what a spec parser makes of it. */
-async function openRaw (t: T, url: string): Promise<Raw> {
-  const ac = new AbortController()
-  t.teardown(() => ac.abort())
-  const res = await fetch(url, { signal: ac.signal })
-  const raw: Raw = { text: '', bytes: 0, events: [], comments: [], retries: [], ended: false }
-  const parser = createParser({
-    onEvent: event => raw.events.push(event),
-    onComment: comment => raw.comments.push(comment),
-    onRetry: retry => raw.retries.push(retry)
-  })
-  const decoder = new TextDecoder()
-  const read = async (): Promise<void> => {
-    try {
-      for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
-        raw.bytes += chunk.byteLength
-        const text = decoder.decode(chunk, { stream: true })
-        raw.text += text
-        parser.feed(text)
-      }
-    } catch {}
-    raw.ended = true
-  }
-  read().catch(() => {})
-  return raw
-}
 
 function openEventSource (t: T, url: string): EventSource {
   const es = new EventSource(url)
