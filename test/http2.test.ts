@@ -55,6 +55,22 @@ function open (session: ClientHttp2Session, path: string): H2Stream {
   }
 }
 
+/** A stream whose source has sent its head alone and waits for the test to drive it. */
+async function openFlushed (t: Test): Promise<{ source: HttpRequestEventSource, s: H2Stream }> {
+  let source: HttpRequestEventSource | undefined
+  const { session } = await startH2(t, false, app => {
+    app.get('/sse', async req => {
+      source = req.getEventSource()
+      source.flush()
+      await source.keepAlive()
+      return source.close()
+    })
+  })
+  const s = open(session, '/sse')
+  await s.headers
+  return { source: source as HttpRequestEventSource, s }
+}
+
 for (const tls of [false, true]) {
   const name = tls ? 'HTTP/2 over TLS' : 'HTTP/2 cleartext (h2c)'
 
@@ -92,20 +108,10 @@ for (const tls of [false, true]) {
 }
 
 test('HTTP/2: each event arrives before the next is sent', async t => {
-  let source: HttpRequestEventSource | undefined
-  const { session } = await startH2(t, false, app => {
-    app.get('/sse', async req => {
-      source = req.getEventSource()
-      source.flush()
-      await source.keepAlive()
-      return source.close()
-    })
-  })
-  const s = open(session, '/sse')
-  await s.headers
+  const { source, s } = await openFlushed(t)
   t.equal(s.events.length, 0, 'flush() sends the head alone')
   for (let i = 1; i <= 5; i++) {
-    source?.send(`event ${i}`)
+    source.send(`event ${i}`)
     await until(() => s.events.length === i, 3000, `event ${i}`)
     t.equal(s.events[i - 1].data, `event ${i}`)
   }
@@ -189,19 +195,8 @@ test('HTTP/2: a stream whose client stops reading is closed as slow-client; the 
 })
 
 test('HTTP/2: sendAsync waits while the client does not read and resolves when it reads again', async t => {
-  let source: HttpRequestEventSource | undefined
-  const { session } = await startH2(t, false, app => {
-    app.get('/sse', async req => {
-      source = req.getEventSource()
-      source.flush()
-      await source.keepAlive()
-      return source.close()
-    })
-  })
-  const s = open(session, '/sse')
-  await s.headers
+  const { source: sse, s } = await openFlushed(t)
   s.stream.pause()
-  const sse = source as HttpRequestEventSource
   const kilobyte = 'y'.repeat(1024)
   let pending: Promise<boolean> | undefined
   for (let i = 0; i < 1024 && pending === undefined; i++) {
