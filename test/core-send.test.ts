@@ -12,6 +12,15 @@ function openEventSource (t: T, url: string): EventSource {
   return es
 }
 
+/** The data of every message event a conforming client receives, up to and including 'done'. */
+async function messagesUntilDone (t: T, url: string): Promise<string[]> {
+  const es = openEventSource(t, url)
+  const got: string[] = []
+  es.onmessage = e => got.push(e.data)
+  await until(() => got.includes('done'), 3000, 'done')
+  return got
+}
+
 const PAYLOADS = [
   'plain',
   'crlf\r\nsplit',
@@ -39,10 +48,7 @@ test('a conforming client receives exactly the strings sent, with every line bre
       await sse.keepAlive()
     })
   })
-  const es = openEventSource(t, url + '/sse')
-  const got: string[] = []
-  es.onmessage = e => got.push(e.data)
-  await until(() => got.includes('done'), 3000, 'done')
+  const got = await messagesUntilDone(t, url + '/sse')
   t.same(got.slice(0, -1), PAYLOADS.map(p => p.replace(/\r\n|\r/g, '\n')))
 })
 
@@ -93,10 +99,7 @@ test('values other than strings are serialized as JSON; null and undefined send 
       await sse.keepAlive()
     })
   })
-  const es = openEventSource(t, url + '/sse')
-  const got: string[] = []
-  es.onmessage = e => got.push(e.data)
-  await until(() => got.includes('done'), 3000, 'done')
+  const got = await messagesUntilDone(t, url + '/sse')
   t.same(got, [
     '{"a":1,"nested":{"b":[1,2]}}', '[1,"two"]', '42', '0', 'true', 'false', '"already a string"', '{"multi":"x\\ny"}',
     '', '', '', 'done'
