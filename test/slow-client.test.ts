@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import type { Socket } from 'node:net'
-import type { HttpRequestEventSource } from '../types/index'
+import type { FastifyEventSourcesOptions, HttpRequestEventSource } from '../types/index'
 import { ChunkedReader, EventLog, reader, stalledClient, tick } from './helpers/clients'
 import { until } from './helpers/server'
 import { fillUntilStalled, frameBytes, serveSources } from './helpers/sources'
@@ -38,6 +38,15 @@ async function fillNear (sse: HttpRequestEventSource, max: number, room: number)
     if (!sse.send(MESSAGE)) throw new Error('refused before the bound')
   }
   throw new Error('the stalled client never filled up')
+}
+
+/** A source whose client has stalled, filled by fillNear to just under MAX with 200 bytes to spare. */
+async function nearTheBound (t: Parameters<typeof serveSources>[0], options: FastifyEventSourcesOptions = {}): Promise<HttpRequestEventSource> {
+  const { url, source } = await serveSources(t, { maxBufferedBytes: MAX, ...options })
+  stalledClient(t, url, '/sse')
+  const sse = await source(0)
+  await fillNear(sse, MAX, 200)
+  return sse
 }
 
 function resumeInto (socket: Socket): { http: ChunkedReader, log: EventLog } {
@@ -150,20 +159,14 @@ test('a single message larger than maxBufferedBytes counts as passing it', async
 })
 
 test("comments obey the bound: under 'close' a comment past it ends the source", async t => {
-  const { url, source } = await serveSources(t, { maxBufferedBytes: MAX })
-  stalledClient(t, url, '/sse')
-  const sse = await source(0)
-  await fillNear(sse, MAX, 200)
+  const sse = await nearTheBound(t)
   const room = MAX - sse.bufferedAmount
   t.equal(sse.comment('c'.repeat(room)), false)
   t.equal(sse.closeReason, 'slow-client')
 })
 
 test("comments obey the bound: under 'drop' a comment past it is dropped, not counted as a message", async t => {
-  const { url, source } = await serveSources(t, { maxBufferedBytes: MAX, slowClient: 'drop' })
-  stalledClient(t, url, '/sse')
-  const sse = await source(0)
-  await fillNear(sse, MAX, 200)
+  const sse = await nearTheBound(t, { slowClient: 'drop' })
   const written = sse.sentContentLength
   t.equal(sse.comment('c'.repeat(MAX - sse.bufferedAmount)), false)
   t.equal(sse.comment('fits'), true)
@@ -173,10 +176,7 @@ test("comments obey the bound: under 'drop' a comment past it is dropped, not co
 })
 
 test("a ping past the bound ends the source under 'close'", async t => {
-  const { url, source } = await serveSources(t, { maxBufferedBytes: MAX })
-  stalledClient(t, url, '/sse')
-  const sse = await source(0)
-  await fillNear(sse, MAX, 200)
+  const sse = await nearTheBound(t)
   const room = MAX - sse.bufferedAmount
   sse.withPing(ping => {
     ping.interval = 10
