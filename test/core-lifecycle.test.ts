@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import { Agent, request as undiciRequest } from 'undici'
 import type { HttpRequestEventSource } from '../types/index'
-import { openRaw } from './helpers/raw'
+import { openRaw, readToEnd } from './helpers/raw'
 import { start, until } from './helpers/server'
 
 function logCapture (): { lines: Record<string, unknown>[], options: object } {
@@ -20,8 +20,7 @@ test('a second getEventSource on the same request throws FST_ERR_SSE_ALREADY_STR
       return sse.close()
     })
   })
-  const raw = await openRaw(t, url + '/sse')
-  await until(() => raw.ended, 3000, 'the end of the body')
+  const raw = await readToEnd(t, url + '/sse')
   t.equal(code, 'FST_ERR_SSE_ALREADY_STREAMING')
   t.equal(raw.text, 'data: still here\n\n')
 })
@@ -68,8 +67,7 @@ test('close() is idempotent and returns the reply, so a handler can return sse.c
   }, {}, options)
   let unregistered = 0
   app.eventSources.on('unregistered', () => { unregistered++ })
-  const raw = await openRaw(t, url + '/sse')
-  await until(() => raw.ended, 3000, 'the end of the body')
+  const raw = await readToEnd(t, url + '/sse')
   t.same(seen, [true, true, false, 'close'])
   t.equal(raw.text, 'data: bye\n\n')
   t.equal(unregistered, 1)
@@ -215,8 +213,7 @@ test('waitForFail rejects a timeout that is not a number of ms', async t => {
       return sse.close()
     })
   })
-  const raw = await openRaw(t, url + '/sse')
-  await until(() => raw.ended, 3000, 'the end of the body')
+  await readToEnd(t, url + '/sse')
   t.same(codes, ['FST_ERR_SSE_INVALID_FIELD', 'FST_ERR_SSE_INVALID_FIELD', 'FST_ERR_SSE_INVALID_FIELD', 'FST_ERR_SSE_INVALID_FIELD'])
 })
 
@@ -261,8 +258,7 @@ test('a signal first read after the end is already aborted', async t => {
       seen.push(sse.signal.aborted, sse.signal.reason)
     })
   })
-  const raw = await openRaw(t, url + '/sse')
-  await until(() => raw.ended, 3000, 'the end of the body')
+  await readToEnd(t, url + '/sse')
   t.same(seen, [true, 'close'])
 })
 
@@ -357,8 +353,7 @@ test('close() writes what is still queued before ending the response', async t =
       return sse.close()
     })
   }, { batch: true })
-  const raw = await openRaw(t, url + '/sse')
-  await until(() => raw.ended, 3000, 'the end of the body')
+  const raw = await readToEnd(t, url + '/sse')
   t.equal(raw.text, 'data: one\n\ndata: two\n\n: three\n\n')
 })
 

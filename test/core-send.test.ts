@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import { EventSource } from 'undici'
 import type { HttpRequestEventSource } from '../types/index'
-import { openRaw } from './helpers/raw'
+import { readToEnd } from './helpers/raw'
 import { start, until } from './helpers/server'
 
 type T = Parameters<typeof start>[0]
@@ -61,8 +61,7 @@ test('the raw body has one data line per line of the string, and a spec parser a
       sse.close()
     })
   })
-  const raw = await openRaw(t, url + '/sse')
-  await until(() => raw.ended, 3000, 'the end of the body')
+  const raw = await readToEnd(t, url + '/sse')
   t.equal(raw.text, 'data: a\ndata: b\ndata: c\ndata: d\n\ndata: \n\n')
   t.same(raw.events.map(e => e.data), ['a\nb\nc\nd', ''])
 })
@@ -78,8 +77,7 @@ test('sentContentLength counts the bytes of unicode data exactly as the client r
       source.close()
     })
   })
-  const raw = await openRaw(t, url + '/sse')
-  await until(() => raw.ended, 3000, 'the end of the body')
+  const raw = await readToEnd(t, url + '/sse')
   t.equal(source?.sentContentLength, raw.bytes)
   t.equal(raw.bytes, Buffer.byteLength(raw.text))
   t.same(raw.events.map(e => [e.event, e.id, e.data]), [[undefined, undefined, '😀 漢字 \u2028'], ['ü', '∞', '{"text":"é"}']])
@@ -163,8 +161,7 @@ test('retry is written as sent, 0 included, and the retry option opens every str
       sse.close()
     })
   }, { retry: 1500 })
-  const raw = await openRaw(t, url + '/sse')
-  await until(() => raw.ended, 3000, 'the end of the body')
+  const raw = await readToEnd(t, url + '/sse')
   t.equal(raw.text, 'retry: 1500\n\nretry: 0\ndata: zero\n\nevent: e\nid: 1\nretry: 60000\ndata: big\n\n')
   t.same(raw.retries, [1500, 0, 60000])
   t.same(raw.events.map(e => e.data), ['zero', 'big'])
@@ -201,8 +198,7 @@ test('an invalid event, id or retry throws FST_ERR_SSE_INVALID_FIELD and writes 
       sse.close()
     })
   })
-  const raw = await openRaw(t, url + '/sse')
-  await until(() => raw.ended, 3000, 'the end of the body')
+  const raw = await readToEnd(t, url + '/sse')
   t.same(codes, bad.map(() => 'FST_ERR_SSE_INVALID_FIELD'))
   t.same(lengths, bad.map(() => 0))
   t.equal(headBefore, false, 'a rejected send does not even write the head')
@@ -221,8 +217,7 @@ test('the serializer option turns non-string values into text; strings bypass it
       sse.close()
     })
   }, { serializer: value => `<${JSON.stringify(value)}>\n<end>` })
-  const raw = await openRaw(t, url + '/sse')
-  await until(() => raw.ended, 3000, 'the end of the body')
+  const raw = await readToEnd(t, url + '/sse')
   t.same(raw.events.map(e => e.data), ['<{"a":1}>\n<end>', 'as is', '<3>\n<end>', ''])
 })
 
@@ -240,8 +235,7 @@ test('a serializer that throws or returns a non-string throws FST_ERR_SSE_SERIAL
       sse.close()
     })
   })
-  const raw = await openRaw(t, url + '/sse')
-  await until(() => raw.ended, 3000, 'the end of the body')
+  const raw = await readToEnd(t, url + '/sse')
   t.same(codes, ['FST_ERR_SSE_SERIALIZATION', 'FST_ERR_SSE_SERIALIZATION'])
   t.equal(raw.text, 'data: after\n\n')
 })
@@ -258,8 +252,7 @@ test('send and comment after close return false and write nothing', async t => {
       results.push(sse.send('after'), sse.send({ x: 1 }, { event: 'e' }), sse.comment('after'), sse.sentContentLength === length)
     })
   })
-  const raw = await openRaw(t, url + '/sse')
-  await until(() => raw.ended, 3000, 'the end of the body')
+  const raw = await readToEnd(t, url + '/sse')
   t.same(results, [true, false, false, false, true])
   t.equal(raw.text, 'data: last\n\n')
   t.equal(source?.sentContentLength, raw.bytes)
@@ -281,8 +274,7 @@ test('comment writes one colon line per line and is invisible to EventSource han
       await sse.keepAlive()
     })
   })
-  const raw = await openRaw(t, url + '/raw')
-  await until(() => raw.ended, 3000, 'the end of the body')
+  const raw = await readToEnd(t, url + '/raw')
   t.equal(raw.text, ': one\n: two\n: three\n: four\n\n: \n\n')
   t.same(raw.comments, ['one', 'two', 'three', 'four', ''])
   t.same(raw.events, [])

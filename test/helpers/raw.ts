@@ -1,6 +1,6 @@
 import { request as httpRequest } from 'node:http'
 import { createParser, type EventSourceMessage } from 'eventsource-parser'
-import type { start } from './server'
+import { until, type start } from './server'
 
 export interface Raw {
   /** The body exactly as received. */
@@ -44,5 +44,12 @@ export async function openRaw (t: Parameters<typeof start>[0], url: string): Pro
     req.on('error', reject)
     req.end()
   })
+  return raw
+}
+
+/** Opens the stream and resolves once the server has ended it. */
+export async function readToEnd (t: Parameters<typeof start>[0], url: string): Promise<Raw> {
+  const raw = await openRaw(t, url)
+  await until(() => raw.ended, 3000, 'the end of the body')
   return raw
 }
