@@ -55,6 +55,18 @@ function open (session: ClientHttp2Session, path: string): H2Stream {
   }
 }
 
+/** GET /sse/:id opens a source under that identifier, kept in `sources`, that sends its head and waits. */
+function routeById (app: FastifyInstance, sources: Map<string, HttpRequestEventSource>): void {
+  app.get('/sse/:id', async req => {
+    const id = (req.params as { id: string }).id
+    const sse = req.getEventSource(id)
+    sources.set(id, sse)
+    sse.flush()
+    await sse.keepAlive()
+    return sse.close()
+  })
+}
+
 /** A stream whose source has sent its head alone and waits for the test to drive it. */
 async function openFlushed (t: Test): Promise<{ source: HttpRequestEventSource, s: H2Stream }> {
   let source: HttpRequestEventSource | undefined
@@ -121,15 +133,10 @@ test('HTTP/2: many streams share one session, a broadcast reaches each, and a ca
   const sessions = new Set<ServerHttp2Session>()
   const sources = new Map<string, HttpRequestEventSource>()
   const { app, session } = await startH2(t, false, app => {
-    app.get('/sse/:id', async req => {
+    app.addHook('onRequest', async req => {
       sessions.add((req.raw as unknown as { stream: { session: ServerHttp2Session } }).stream.session)
-      const id = (req.params as { id: string }).id
-      const sse = req.getEventSource(id)
-      sources.set(id, sse)
-      sse.flush()
-      await sse.keepAlive()
-      return sse.close()
     })
+    routeById(app, sources)
   })
   const streams = Array.from({ length: 10 }, (_, i) => open(session, `/sse/s${i}`))
   await Promise.all(streams.map(s => s.headers))
@@ -166,16 +173,7 @@ test('HTTP/2: a send after the response is destroyed returns false and ends the 
 
 test('HTTP/2: a stream whose client stops reading is closed as slow-client; the session\'s other streams go on', async t => {
   const sources = new Map<string, HttpRequestEventSource>()
-  const { app, session } = await startH2(t, false, app => {
-    app.get('/sse/:id', async req => {
-      const id = (req.params as { id: string }).id
-      const sse = req.getEventSource(id)
-      sources.set(id, sse)
-      sse.flush()
-      await sse.keepAlive()
-      return sse.close()
-    })
-  }, { maxBufferedBytes: 64 * 1024 })
+  const { app, session } = await startH2(t, false, app => routeById(app, sources), { maxBufferedBytes: 64 * 1024 })
   const stalled = open(session, '/sse/stalled')
   const healthy = open(session, '/sse/healthy')
   await Promise.all([stalled.headers, healthy.headers])
