@@ -7,7 +7,7 @@ import {
   FST_ERR_SSE_TOO_MANY_CONNECTIONS
 } from './errors'
 import { EventSource, publishedIds, type SendOptions, type SourceContext } from './event-source'
-import { checkEventOptions, eventFrame, serialize } from './frame'
+import { checkEventOptions, eventFrame, messageFrame, serialize } from './frame'
 import type { PublishedMessage } from './history/history'
 import type { Settings } from './options'
 import { PingScheduler } from './ping'
@@ -84,7 +84,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
 
   /** Frames once and writes to every active identified source here (or those `filter` accepts). Live only: no history. */
   broadcast (data?: unknown, options?: BroadcastOptions): number {
-    const frame = this.#frame(data, options)
+    const frame = messageFrame(data, options, this.#settings.serializer)
     const filter = options?.filter
     if (filter === undefined) return this.#ctx.scheduler.fanOut(this.#byId.values(), frame, 'message')
     if (typeof filter !== 'function') throw new FST_ERR_SSE_INVALID_FIELD('filter', 'must be a function (identifier) => boolean')
@@ -205,14 +205,6 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const frame = eventFrame(message)
     if (message.id !== undefined) publishedIds.set(frame, message.id)
     this.#ctx.scheduler.fanOut(targets, frame, 'message')
-  }
-
-  #frame (data: unknown, options: SendOptions | undefined): Buffer {
-    const event = options?.event
-    const id = options?.id
-    const retry = options?.retry
-    checkEventOptions(event, id, retry)
-    return eventFrame({ data: serialize(data, this.#settings.serializer), event, id, retry })
   }
 
   #lastEventId (request: FastifyRequest): string | undefined {

@@ -3,9 +3,9 @@ import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import type { Writable } from 'node:stream'
 import { FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD, FST_ERR_SSE_INVALID_HEADER } from './errors'
-import { checkEventOptions, commentFrame, eventFrame, retryFrame, serialize } from './frame'
+import { commentFrame, eventFrame, messageFrame, retryFrame } from './frame'
 import type { ReplayResult } from './history/history'
-import { checkHeader, type Settings } from './options'
+import { checkHeader, STREAM_HEADERS, type Settings } from './options'
 import { PingPolicy, type PingScheduler } from './ping'
 import type { WriteScheduler } from './scheduler'
 import type { CloseReason, HttpRequestEventSource, ReplayInfo, SendOptions } from '../types/index'
@@ -27,7 +27,6 @@ export const publishedIds = new WeakMap<Buffer, string>()
 
 // Connection-specific headers are forbidden on HTTP/2 (RFC 9113 §8.2.2).
 const HOP_BY_HOP = ['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection']
-const NOT_CARRIED = ['content-length', 'content-type', 'content-encoding', 'transfer-encoding', 'connection']
 
 const kSource = Symbol('fastify-event-sources.source')
 type TaggedResponse = ServerResponse & { [kSource]?: EventSource }
@@ -138,7 +137,10 @@ export class EventSource implements HttpRequestEventSource {
   }
 
   send (data?: unknown, options?: SendOptions): boolean {
-    const frame = this.#messageFrame(data, options)
+    if (options !== undefined && options !== null && typeof options !== 'object') {
+      throw new FST_ERR_SSE_INVALID_FIELD('options', 'must be an object { event, id, retry }')
+    }
+    const frame = messageFrame(data, options ?? undefined, this.#ctx.settings.serializer)
     return this.#active && this._write(frame, 'message')
   }
 
@@ -212,19 +214,6 @@ export class EventSource implements HttpRequestEventSource {
 
   async [Symbol.asyncDispose] (): Promise<void> {
     this.close()
-  }
-
-  /** @internal frames a message, validating before anything is written */
-  #messageFrame (data: unknown, options: SendOptions | undefined): Buffer {
-    let event, id, retry
-    if (options !== undefined && options !== null) {
-      if (typeof options !== 'object') throw new FST_ERR_SSE_INVALID_FIELD('options', 'must be an object { event, id, retry }')
-      event = options.event
-      id = options.id
-      retry = options.retry
-      checkEventOptions(event, id, retry)
-    }
-    return eventFrame({ data: serialize(data, this.#ctx.settings.serializer), event, id, retry })
   }
 
   /** @internal the one path every frame takes to this source's socket */
@@ -375,7 +364,7 @@ export class EventSource implements HttpRequestEventSource {
     const headers: OutgoingHttpHeaders = {}
     const carried = this.reply.getHeaders()
     for (const name in carried) {
-      if (!NOT_CARRIED.includes(name) && carried[name] !== undefined) headers[name] = carried[name]
+      if (!STREAM_HEADERS.has(name) && name !== 'connection' && carried[name] !== undefined) headers[name] = carried[name]
     }
     headers['content-type'] = 'text/event-stream; charset=utf-8'
     headers['cache-control'] = 'no-cache, no-transform'

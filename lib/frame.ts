@@ -48,6 +48,15 @@ function prefixLines (prefix: string, text: string): string {
   return out
 }
 
+/** A message from a caller's values: fields checked first, then data serialized, then framed; nothing half-made. */
+export function messageFrame (data: unknown, options: { event?: unknown, id?: unknown, retry?: unknown } | undefined, serializer: Serializer): Buffer {
+  const event = options?.event
+  const id = options?.id
+  const retry = options?.retry
+  checkEventOptions(event, id, retry)
+  return eventFrame({ data: serialize(data, serializer), event: event as string | undefined, id: id as string | undefined, retry: retry as number | undefined })
+}
+
 export function eventText (fields: EventFields): string {
   let out = ''
   if (fields.event !== undefined) out += 'event: ' + fields.event + '\n'

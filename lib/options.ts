@@ -33,7 +33,7 @@ const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 const FORBIDDEN = /[\r\n\0]/
 // The stream's own framing: a second Content-Type fails the client's MIME check, and a length or an encoding
 // the stream does not follow corrupts it.
-const STREAM_HEADERS = new Set(['content-type', 'content-length', 'content-encoding', 'transfer-encoding'])
+export const STREAM_HEADERS = new Set(['content-type', 'content-length', 'content-encoding', 'transfer-encoding'])
 
 function fail (name: string, why: string): never {
   throw new FST_ERR_SSE_INVALID_OPTION(name, why)
