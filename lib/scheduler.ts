@@ -5,6 +5,11 @@ const CHECK_EVERY = 64
 /** µs per write assumed before any has been measured: twice a warm loopback write, since the first run is cold. */
 const FIRST_GUESS_US = 40
 
+// Queued behind the response ticks of the writes just made (the nextTick queue is FIFO), so the time includes them.
+function learn (cost: { us: number }, start: number, writes: number): void {
+  cost.us += ((performance.now() - start) * 1000 / writes - cost.us) / 2
+}
+
 /**
  * Shared by every source of one plugin instance: fan-out in time slices, the per-tick flush of queued frames,
  * and the single sweeper that ends sources stuck waiting for `drain`.
@@ -18,8 +23,8 @@ export class WriteScheduler {
   #sweeper: NodeJS.Timeout | undefined
   // Node's http layer corks a response on write and hands it to the socket at process.nextTick, so most of a
   // write's cost lands after the loop that made it: slices are sized by the measured cost, not only the clock.
-  #fanOutCost = FIRST_GUESS_US
-  #flushCost = FIRST_GUESS_US
+  #fanOutCost = { us: FIRST_GUESS_US }
+  #flushCost = { us: FIRST_GUESS_US }
   // A fan-out that ran out of slice may have run in the poll phase; the check phase follows it at once, so the
   // first flush waits one more turn, letting the loop poll (answer other requests) between the two slices.
   #yieldFirst = false
@@ -36,7 +41,7 @@ export class WriteScheduler {
   fanOut (sources: Iterable<EventSource>, frame: Buffer, kind: WriteKind): number {
     const start = performance.now()
     const deadline = start + this.slice
-    const budget = this.#budget(this.#fanOutCost)
+    const budget = this.#budget(this.#fanOutCost.us)
     let n = 0
     let i = 0
     // Only writes that reached the socket count against the budget and teach the cost: a source with a queue
@@ -53,7 +58,7 @@ export class WriteScheduler {
       if (source._queue === null) written++
       if (++i % CHECK_EVERY === 0 && (written >= budget || performance.now() >= deadline)) deferring = true
     }
-    if (written >= CHECK_EVERY) process.nextTick(this.#learnFanOut, start, written)
+    if (written >= CHECK_EVERY) process.nextTick(learn, this.#fanOutCost, start, written)
     return n
   }
 
@@ -74,14 +79,14 @@ export class WriteScheduler {
     this.#scheduled = false
     const start = performance.now()
     const deadline = start + this.slice
-    const budget = this.#budget(this.#flushCost)
+    const budget = this.#budget(this.#flushCost.us)
     let written = 0
     for (const source of this.#pending) {
       this.#pending.delete(source)
       source._flushQueue()
       if (++written % CHECK_EVERY === 0 && (written >= budget || performance.now() >= deadline)) break
     }
-    if (written >= CHECK_EVERY) process.nextTick(this.#learnFlush, start, written)
+    if (written >= CHECK_EVERY) process.nextTick(learn, this.#flushCost, start, written)
     if (this.#pending.size > 0 && !this.#scheduled) {
       this.#scheduled = true
       setImmediate(this.#flush)
@@ -91,15 +96,6 @@ export class WriteScheduler {
   /** How many writes fit in one slice at the measured cost per write, leaving a tenth of it for queueing the rest. */
   #budget (usPerWrite: number): number {
     return Math.max(CHECK_EVERY, Math.floor(this.slice * 900 / usPerWrite))
-  }
-
-  // Queued behind the response ticks of the writes just made (the nextTick queue is FIFO), so the time includes them.
-  #learnFanOut = (start: number, writes: number): void => {
-    this.#fanOutCost += ((performance.now() - start) * 1000 / writes - this.#fanOutCost) / 2
-  }
-
-  #learnFlush = (start: number, writes: number): void => {
-    this.#flushCost += ((performance.now() - start) * 1000 / writes - this.#flushCost) / 2
   }
 
   watchDrain (source: EventSource): void {
