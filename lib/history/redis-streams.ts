@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis'
-import { matchesTarget, type Target } from '../target'
+import { matchesTarget } from '../target'
 import type { PublishedMessage, ReplayResult } from './history'
 
 const STREAM_ID = /^\d+-\d+$/
@@ -12,17 +12,9 @@ export const APPEND_AND_PUBLISH = `local id = redis.call('XADD', KEYS[1], 'MAXLE
 redis.call('PUBLISH', ARGV[3], id .. '\\n' .. ARGV[2])
 return id`
 
-interface Body {
-  data: string
-  event?: string
-  id?: string
-  retry?: number
-  to?: Target
-}
-
 /** The message as stored and carried; the id is left out when the stream gives one. */
 export function encode (message: PublishedMessage, withId: boolean): string {
-  const body: Body = { data: message.data }
+  const body: PublishedMessage = { data: message.data }
   if (message.event !== undefined) body.event = message.event
   if (withId && message.id !== undefined) body.id = message.id
   if (message.retry !== undefined) body.retry = message.retry
@@ -31,7 +23,7 @@ export function encode (message: PublishedMessage, withId: boolean): string {
 }
 
 export function decode (body: string, id: string | undefined): PublishedMessage {
-  const parsed = JSON.parse(body) as Body
+  const parsed = JSON.parse(body) as PublishedMessage
   if (typeof parsed !== 'object' || parsed === null || typeof parsed.data !== 'string') throw new TypeError('not a published message')
   const message: PublishedMessage = { data: parsed.data }
   if (parsed.event !== undefined) message.event = parsed.event
