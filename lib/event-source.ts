@@ -29,6 +29,7 @@ export const publishedIds = new WeakMap<Buffer, string>()
 const HOP_BY_HOP = ['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection']
 
 const kSource = Symbol('fastify-event-sources.source')
+const EMPTY = Buffer.alloc(0)
 type TaggedResponse = ServerResponse & { [kSource]?: EventSource }
 
 function onResponseClose (this: TaggedResponse): void {
@@ -153,11 +154,30 @@ export class EventSource implements HttpRequestEventSource {
       return Promise.reject(err)
     }
     if (!sent) return Promise.resolve(false)
-    if (this._queue !== null || this.#out.writableNeedDrain) return new Promise(resolve => { (this.#drainWaiters ??= []).push(resolve) })
-    // Node hands a response's writes to the kernel only at the end of the tick. With a bound under the socket's
-    // high-water mark no write asks for a drain before the bound is passed, so give the socket that turn first.
-    if (this.bufferedAmount * 2 > this.#ctx.settings.maxBufferedBytes) return new Promise(resolve => setImmediate(() => resolve(this.#active)))
-    return Promise.resolve(true)
+    if (this._queue !== null || this.#out.writableNeedDrain) {
+      return new Promise<boolean>(resolve => { (this.#drainWaiters ??= []).push(resolve) }).then(ok => ok && this.#belowHalfBound())
+    }
+    return this.#belowHalfBound()
+  }
+
+  /**
+   * With a bound under the socket's high-water mark no write asks for a drain before the bound is passed, so a
+   * `drain` may never come: past half the bound, wait until what is buffered has really reached the kernel (an
+   * empty write's callback runs after every earlier chunk was written out).
+   */
+  #belowHalfBound (): Promise<boolean> {
+    if (!this.#active) return Promise.resolve(false)
+    if (this.bufferedAmount * 2 <= this.#ctx.settings.maxBufferedBytes) return Promise.resolve(true)
+    const signal = this.signal
+    return new Promise(resolve => {
+      const done = (err?: Error | null): void => {
+        signal.removeEventListener('abort', onEnd)
+        resolve(err == null && this.#active)
+      }
+      const onEnd = (): void => { done() }
+      signal.addEventListener('abort', onEnd, { once: true })
+      this.#out.write(EMPTY, done)
+    })
   }
 
   comment (text: string): boolean {
