@@ -24,11 +24,14 @@ async function fastifyEventSources (fastify: FastifyInstance, options: PluginOpt
   fastify.decorateRequest(kSource as unknown as string, null)
   fastify.decorateRequest('getEventSource', function (this: FastifyRequest, identifier?: string) {
     const tagged = this as unknown as Tagged
-    // A route of a context that was made before the plugin was registered has the method (inherited) but neither
-    // the hooks nor the per-request slots: they are undefined there, not null.
+    // A context made before the plugin was registered inherits the method but not the per-request slots (they are
+    // undefined there, not null) nor the route wrapper: refuse rather than stream without them.
     const reply = tagged[kReply]
-    if (reply == null) throw new errors.FST_ERR_SSE_ADAPTER('getEventSource() needs the plugin\'s onRequest hook; was the request routed before registration?')
-    const source = collection.open(this, reply, identifier, tagged[kSource] ?? null)
+    const current = tagged[kSource]
+    if (reply == null || current === undefined) {
+      throw new errors.FST_ERR_SSE_ADAPTER('getEventSource() needs the plugin\'s hooks; was the request routed before registration?')
+    }
+    const source = collection.open(this, reply, identifier, current)
     tagged[kSource] = source
     return source
   })
