@@ -63,6 +63,8 @@ export class EventSource implements HttpRequestEventSource {
   _replaying = false
   /** @internal ids the replay sent, dropped if they also come live */
   _seam: Set<string> | null = null
+  /** @internal past the bound during a sliced fan-out: the next flush ends it */
+  _overBound = false
   /** @internal the key counted by maxConnectionsPerKey */
   _key: string | undefined
 
@@ -238,7 +240,7 @@ export class EventSource implements HttpRequestEventSource {
 
   /** @internal the one path every frame takes to this source's socket */
   _write (frame: Buffer, kind: WriteKind): boolean {
-    if (!this.#active) return false
+    if (!this.#active || this._overBound) return false
     if (this._seam !== null && !this.#passesSeam(frame)) return false
     if (this._queue !== null || this._replaying || this.#ctx.settings.batch) return this._enqueue(frame, kind)
     if (!this.#headWritten) this.#writeHead()
@@ -253,12 +255,15 @@ export class EventSource implements HttpRequestEventSource {
     return true
   }
 
-  /** @internal queues a frame for the next flush, within the memory bound */
-  _enqueue (frame: Buffer, kind: WriteKind): boolean {
-    if (!this.#active) return false
+  /**
+   * @internal queues a frame for the next flush, within the memory bound. `sliced`: a deferred fan-out share, whose
+   * source, if over the bound, is ended by the sliced flush rather than on the spot.
+   */
+  _enqueue (frame: Buffer, kind: WriteKind, sliced = false): boolean {
+    if (!this.#active || this._overBound) return false
     // A queued frame goes out later: send the head now so the client's open is not held back by a replay or a tick.
     if (!this.#headWritten) this.flush()
-    if (!this.#fits(frame.length + this._queuedBytes, kind)) return false
+    if (!this.#fits(frame.length + this._queuedBytes, kind, sliced)) return false
     if (this._queue === null) {
       this._queue = [frame]
       if (!this._replaying) this.#ctx.scheduler.defer(this)
@@ -367,14 +372,19 @@ export class EventSource implements HttpRequestEventSource {
     return true
   }
 
-  #fits (bytes: number, kind: WriteKind): boolean {
+  #fits (bytes: number, kind: WriteKind, sliced = false): boolean {
     const settings = this.#ctx.settings
     if (this.#out.writableLength + bytes <= settings.maxBufferedBytes) return true
     if (settings.slowClient === 'drop') {
       if (kind === 'message') this.droppedMessages++
       return false
     }
-    this.#end('slow-client', true)
+    if (sliced) {
+      this._overBound = true
+      this.#ctx.scheduler.defer(this)
+    } else {
+      this.#end('slow-client', true)
+    }
     return false
   }
 

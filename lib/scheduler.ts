@@ -50,7 +50,7 @@ export class WriteScheduler {
     let deferring = false
     for (const source of sources) {
       if (deferring) {
-        if (source._enqueue(frame, kind)) n++
+        if (source._enqueue(frame, kind, true)) n++
         this.#yieldFirst = true
         continue
       }
@@ -83,7 +83,9 @@ export class WriteScheduler {
     let written = 0
     for (const source of this.#pending) {
       this.#pending.delete(source)
-      source._flushQueue()
+      // Ending a source that a deferred share pushed past the bound is slice work too.
+      if (source._overBound) source._end('slow-client', true)
+      else source._flushQueue()
       if (++written % CHECK_EVERY === 0 && (written >= budget || performance.now() >= deadline)) break
     }
     if (written >= CHECK_EVERY) process.nextTick(learn, this.#flushCost, start, written)
