@@ -13,6 +13,7 @@ declare module 'fastify' {
      * source is registered in `fastify.eventSources` and closes any older source with the same identifier.
      * @throws FST_ERR_SSE_ALREADY_STREAMING on a second call for the same request
      * @throws FST_ERR_SSE_TOO_MANY_CONNECTIONS (503, with Retry-After set) beyond a connection limit
+     * @throws FST_ERR_SSE_ADAPTER on a route of a context made before the plugin was registered
      */
     getEventSource (identifier?: string): fastifyEventSources.HttpRequestEventSource
   }
@@ -102,7 +103,10 @@ declare namespace fastifyEventSources {
      * @throws FST_ERR_SSE_INVALID_FIELD for a bad event, id or retry; FST_ERR_SSE_SERIALIZATION if serializing fails
      */
     send (data?: unknown, options?: SendOptions): boolean
-    /** As send, resolving true once the socket took the message and needs no drain; false if the source ends first. */
+    /**
+     * As send, resolving true once the socket took the message and needs no drain (past half of maxBufferedBytes,
+     * once what is buffered has reached the kernel); false if the source ends first.
+     */
     sendAsync (data?: unknown, options?: SendOptions): Promise<boolean>
     /** Writes a comment (`: text`), invisible to the client's handlers. */
     comment (text: string): boolean
