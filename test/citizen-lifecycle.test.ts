@@ -1,3 +1,4 @@
+import http2 from 'node:http2'
 import Fastify from 'fastify'
 import { test } from 'tap'
 import { request } from 'undici'
@@ -195,4 +196,35 @@ test('inject() on a stream route the handler closes: the whole payload, without 
   t.teardown(() => app.close())
   const res = await app.inject('/sse')
   t.equal(res.payload, 'data: only\n\n')
+})
+
+test('HTTP/2: a stream the client reset before getEventSource() gets an ended source and takes no slot (issue 11, point 2)', async t => {
+  let open: () => void = () => {}
+  const gate = new Promise<void>(resolve => { open = resolve })
+  const sources: HttpRequestEventSource[] = []
+  const app = Fastify({ http2: true }) as unknown as ReturnType<typeof Fastify>
+  await app.register(eventSources, { maxConnections: 1 })
+  app.get('/sse', async request => {
+    await gate
+    const sse = request.getEventSource('h2')
+    sources.push(sse)
+    await sse.keepAlive()
+    return sse.close()
+  })
+  t.teardown(() => app.close())
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const session = http2.connect(`http://127.0.0.1:${(app.server.address() as { port: number }).port}`)
+  session.on('error', () => {})
+  t.teardown(() => { session.destroy() })
+  const stream = session.request({ ':path': '/sse' })
+  stream.on('error', () => {})
+  await sleep(20)
+  stream.close(http2.constants.NGHTTP2_CANCEL)
+  await sleep(20)
+  open()
+  await until(() => sources.length === 1, 3000, 'the late handler')
+  await sources[0].keepAlive()
+  t.equal(sources[0].closeReason, 'client')
+  t.equal(app.eventSources.openStreams, 0, 'no slot held')
+  t.equal(app.eventSources.getByIdentifier('h2'), undefined)
 })
