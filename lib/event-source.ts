@@ -30,6 +30,13 @@ export const framePositions = new WeakMap<Buffer, Position>()
 const HOP_BY_HOP = ['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection']
 
 const kSource = Symbol('fastify-event-sources.source')
+/** Frames a source waiting for drain queues before they are packed into one buffer. */
+const PACK = 8
+/**
+ * Past this many bytes held by the socket, frames wait in the queue and go out joined: on the next tick, or at
+ * drain if the socket asked for one. A fast client's socket holds bytes only until the tick ends.
+ */
+const SOFT_LIMIT = 4096
 type TaggedResponse = ServerResponse & { [kSource]?: EventSource }
 
 function onResponseClose (this: TaggedResponse): void {
@@ -73,6 +80,8 @@ export class EventSource implements HttpRequestEventSource {
   #out: Writable
   #h2: boolean
   #active = true
+  /** frames queued since the queue was last packed */
+  #loose = 0
   #headWritten = false
   #appended: [string, string][] | undefined
   #abort: AbortController | undefined
@@ -221,7 +230,7 @@ export class EventSource implements HttpRequestEventSource {
   /** @internal the one path every frame takes to this source's socket */
   _write (frame: Buffer, kind: WriteKind): boolean {
     if (!this.#active) return false
-    if (this._queue !== null || this._replaying || this.#ctx.settings.batch) return this._enqueue(frame, kind)
+    if (this._queue !== null || this._replaying || this.#ctx.settings.batch || this.#out.writableLength >= SOFT_LIMIT) return this._enqueue(frame, kind)
     const position = kind === 'message' ? framePositions.get(frame) : undefined
     if (position !== undefined && !this.#advances(position)) return false
     if (!this.#headWritten) this.#writeHead()
@@ -249,19 +258,24 @@ export class EventSource implements HttpRequestEventSource {
     if (position !== undefined) this._position = position
     if (this._queue === null) {
       this._queue = [frame]
+      this.#loose = 1
       if (!this._replaying) this.#ctx.scheduler.defer(this)
     } else {
       this._queue.push(frame)
+      if (++this.#loose >= PACK && !this._replaying && this.#out.writableNeedDrain) this.#pack(this._queue)
     }
     this._queuedBytes += frame.length
     if (kind === 'message' && this.#idle !== undefined) this.#idle.last = Date.now()
     return true
   }
 
-  /** @internal writes everything queued in one write */
-  _flushQueue (): void {
+  /** @internal writes everything queued in one write; `force` even to a socket that waits for drain (the end) */
+  _flushQueue (force = false): void {
     const queue = this._queue
     if (queue === null || this._replaying) return
+    // A socket waiting for drain gets the queue in one write when it drains: each write a stalled socket holds
+    // costs Node's bookkeeping on top of its bytes, and at one write per message that doubles what it holds.
+    if (!force && this.#out.writableNeedDrain) return
     this._queue = null
     const bytes = this._queuedBytes
     this._queuedBytes = 0
@@ -310,6 +324,7 @@ export class EventSource implements HttpRequestEventSource {
         queued += frame.length
       }
       this._queue = kept.length > 0 ? kept : null
+      this.#loose = kept.length
       this._queuedBytes = queued
     }
     this._position = position
@@ -332,6 +347,7 @@ export class EventSource implements HttpRequestEventSource {
   _drained (): void {
     this.#ctx.scheduler.unwatchDrain(this)
     if (this._queue === null) this.#settleDrainWaiters(true)
+    else this._flushQueue()
   }
 
   /** @internal the response closed or failed under us */
@@ -369,6 +385,18 @@ export class EventSource implements HttpRequestEventSource {
   /** @internal */
   _destroy (): void {
     this.#res.destroy()
+  }
+
+  /**
+   * Joins the frames queued since the last pack into one buffer. A stalled client may hold its queue for long, and
+   * each frame held costs its buffer's objects on top of its bytes; the flush copies them into one write anyway.
+   */
+  #pack (queue: Buffer[]): void {
+    const loose = queue.splice(queue.length - this.#loose)
+    let bytes = 0
+    for (const frame of loose) bytes += frame.length
+    queue.push(joinFrames(loose, bytes))
+    this.#loose = 0
   }
 
   /** Whether a published message comes after everything this source was given. */
@@ -447,7 +475,7 @@ export class EventSource implements HttpRequestEventSource {
       this._queuedBytes = 0
       this._replaying = false
     }
-    this._flushQueue()
+    this._flushQueue(true)
     this.#finish(reason)
     if (!res.writableEnded) res.end()
     // A peer that never reads the last bytes would hold the socket forever: drainTimeout cuts it, as for an open stream.
