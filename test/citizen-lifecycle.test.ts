@@ -1,5 +1,5 @@
 import http2 from 'node:http2'
-import Fastify from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import { test } from 'tap'
 import { request } from 'undici'
 import eventSources from '../lib/index'
@@ -202,7 +202,7 @@ test('HTTP/2: a stream the client reset before getEventSource() gets an ended so
   let open: () => void = () => {}
   const gate = new Promise<void>(resolve => { open = resolve })
   const sources: HttpRequestEventSource[] = []
-  const app = Fastify({ http2: true }) as unknown as ReturnType<typeof Fastify>
+  const app = Fastify({ http2: true }) as unknown as FastifyInstance
   await app.register(eventSources, { maxConnections: 1 })
   app.get('/sse', async request => {
     await gate
