@@ -291,19 +291,23 @@ function clientGone (request: FastifyRequest): boolean {
  * it also puts on `error`. A stream whose client left, or that was cut, never finishes: run that listener when the
  * response closes unfinished, so `onResponse` runs once for every end of a stream.
  */
+const kCompleted = Symbol('fastify-event-sources.completed')
+type Completing = FastifyReply['raw'] & { [kCompleted]?: (err?: Error) => void }
+
 function runOnResponseOnClose (reply: FastifyReply, closed = false): void {
-  const res = reply.raw
+  const res = reply.raw as Completing
   const onError = res.listeners('error')
   const completed = res.listeners('finish').find(listener => onError.includes(listener)) as ((err?: Error) => void) | undefined
   if (completed === undefined) return
   // After the source's own listener, so that onResponse sees the source ended, whichever event comes.
   res.off('error', completed)
   res.on('error', completed)
-  if (closed) {
-    completed.call(res)
-    return
-  }
-  res.once('close', () => {
-    if (res.listeners('finish').includes(completed)) completed.call(res)
-  })
+  res[kCompleted] = completed
+  if (closed) completeUnfinished.call(res)
+  else res.once('close', completeUnfinished)
+}
+
+function completeUnfinished (this: Completing): void {
+  const completed = this[kCompleted]
+  if (completed !== undefined && this.listeners('finish').includes(completed)) completed.call(this)
 }
