@@ -286,14 +286,14 @@ function clientGone (request: FastifyRequest): boolean {
   return raw.socket === null || raw.socket.destroyed
 }
 
+const kCompleted = Symbol('fastify-event-sources.completed')
+type Completing = FastifyReply['raw'] & { [kCompleted]?: (err?: Error) => void }
+
 /**
  * Fastify runs `onResponse` (and logs "request completed") when the response emits `finish`, with one listener
  * it also puts on `error`. A stream whose client left, or that was cut, never finishes: run that listener when the
  * response closes unfinished, so `onResponse` runs once for every end of a stream.
  */
-const kCompleted = Symbol('fastify-event-sources.completed')
-type Completing = FastifyReply['raw'] & { [kCompleted]?: (err?: Error) => void }
-
 function runOnResponseOnClose (reply: FastifyReply, closed = false): void {
   const res = reply.raw as Completing
   const onError = res.listeners('error')
