@@ -8,6 +8,7 @@ import type { ReplayResult } from './history/history'
 import { checkHeader, STREAM_HEADERS, type Settings } from './options'
 import { PingPolicy, type PingScheduler } from './ping'
 import type { WriteScheduler } from './scheduler'
+import { checkTopics, type TopicIndex } from './topics'
 import type { CloseReason, HttpRequestEventSource, ReplayInfo, SendOptions } from '../types/index'
 
 export type WriteKind = 'message' | 'ping' | 'comment'
@@ -19,6 +20,7 @@ export interface SourceContext {
   settings: Settings
   scheduler: WriteScheduler
   pings: PingScheduler
+  topics: TopicIndex<EventSource>
   release (source: EventSource): void
 }
 
@@ -195,6 +197,22 @@ export class EventSource implements HttpRequestEventSource {
       this.#armIdle(timeoutMs)
     }
     return this.keepAlive()
+  }
+
+  get topics (): ReadonlySet<string> {
+    return this.#ctx.topics.topicsOf(this)
+  }
+
+  subscribe (topics: string | string[]): this {
+    const checked = checkTopics(topics)
+    if (this.#active) this.#ctx.topics.add(this, checked)
+    return this
+  }
+
+  unsubscribe (topics: string | string[]): this {
+    const checked = checkTopics(topics)
+    if (this.#active) this.#ctx.topics.remove(this, checked)
+    return this
   }
 
   withPing (configure: (ping: PingPolicy) => void): this {

@@ -28,7 +28,7 @@ export class MemoryHistory implements HistoryStore {
     return id
   }
 
-  readAfter (lastEventId: string, identifier: string): ReplayResult {
+  readAfter (lastEventId: string, identifier: string | undefined, topics?: readonly string[]): ReplayResult {
     const latestId = this.#count > 0 ? this.#at(this.#count - 1).id : undefined
     // Search from the newest end: a reconnecting client is usually only a few messages behind.
     let start = -1
@@ -41,7 +41,7 @@ export class MemoryHistory implements HistoryStore {
     const messages: PublishedMessage[] = []
     for (let j = start + 1; j < this.#count; j++) {
       const m = this.#at(j)
-      if (matchesTarget(m.to, identifier)) messages.push(m)
+      if (matchesTarget(m.to, identifier, topics)) messages.push(m)
     }
     return { messages, gap: start === -1, latestId }
   }
