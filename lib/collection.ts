@@ -103,7 +103,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
    */
   broadcast (data?: unknown, options?: BroadcastOptions): number {
     const topic = options?.topic
-    const topics = topic === undefined ? undefined : checkTopics(topic, 'topic')
+    const topics = topic === undefined ? undefined : checkTopics(topic, 'topic', true)
     const frame = messageFrame(data, options, this.#settings.serializer)
     const filter = options?.filter
     if (filter !== undefined && typeof filter !== 'function') throw new FST_ERR_SSE_INVALID_FIELD('filter', 'must be a function (identifier) => boolean')
@@ -320,7 +320,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
 /** A publish target, checked and copied: nothing the caller keeps can change what is stored. */
 function publishTarget (to: unknown): Target {
   if (typeof to === 'object' && to !== null && 'topic' in to) {
-    const topics = checkTopics((to as { topic: unknown }).topic, 'to.topic')
+    const topics = checkTopics((to as { topic: unknown }).topic, 'to.topic', true)
     return { topic: typeof (to as { topic: unknown }).topic === 'string' ? topics[0] : topics }
   }
   if (!isTarget(to)) throw new FST_ERR_SSE_INVALID_FIELD('to', 'must be an identifier string, { prefix: string } or { topic: string | string[] }')

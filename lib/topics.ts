@@ -5,11 +5,14 @@ export const MAX_TOPIC_LENGTH = 1024
 const FORBIDDEN = /[\r\n\0]/
 const EMPTY: ReadonlySet<string> = Object.freeze(new Set<string>())
 
-/** Checks one topic or a list of them, before anything is stored or written; returns them as a list without repeats. */
-export function checkTopics (value: unknown, field = 'topics'): string[] {
+/**
+ * Checks one topic or a list of them, before anything is stored or written; returns them as a list without
+ * repeats. An empty list is fine for what a source follows, not for where a message goes (it would reach nobody).
+ */
+export function checkTopics (value: unknown, field = 'topics', destination = false): string[] {
   if (typeof value === 'string') return [checkTopic(value, field)]
   if (!Array.isArray(value)) throw new FST_ERR_SSE_INVALID_FIELD(field, 'must be a topic string or an array of them')
-  if (value.length === 0) throw new FST_ERR_SSE_INVALID_FIELD(field, 'must name at least one topic')
+  if (destination && value.length === 0) throw new FST_ERR_SSE_INVALID_FIELD(field, 'must name at least one topic')
   const topics = new Set<string>()
   for (const topic of value) topics.add(checkTopic(topic, field))
   return [...topics]
