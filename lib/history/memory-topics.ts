@@ -17,6 +17,10 @@ export const HISTORY_DEFAULTS = { size: 1000, topics: 1000, ttl: 3_600_000 } as 
 interface Held {
   seq: number
   message: PublishedMessage
+  /** The idempotency key it was published with, remembered while any ring holds it. */
+  key: string | undefined
+  /** How many rings hold it. */
+  rings: number
 }
 
 const POSITION = /^(\d+)-(\d+)$/
@@ -30,15 +34,19 @@ class Ring {
   last = 0
   lastPublished = 0
 
-  push (held: Held, size: number): void {
+  /** Adds an entry; returns the one pushed out, if any. */
+  push (held: Held, size: number): Held | undefined {
+    held.rings++
+    this.last = held.seq
     if (this.items.length < size) {
       this.items.push(held)
-    } else {
-      this.evicted = this.items[this.start].seq
-      this.items[this.start] = held
-      this.start = (this.start + 1) % size
+      return undefined
     }
-    this.last = held.seq
+    const out = this.items[this.start]
+    this.evicted = out.seq
+    this.items[this.start] = held
+    this.start = (this.start + 1) % size
+    return out
   }
 
   at (i: number): Held {
@@ -83,6 +91,8 @@ export class MemoryTopicHistory implements HistoryStore {
   #topics = new Map<string, Ring>()
   /** The newest seq any dropped topic history held: a topic no longer held may have lost anything up to it. */
   #dropped = 0
+  /** Idempotency keys of held messages → their ids. */
+  #keys = new Map<string, string>()
 
   constructor (options: MemoryTopicHistoryOptions = {}) {
     this.size = options.size ?? HISTORY_DEFAULTS.size
@@ -96,28 +106,35 @@ export class MemoryTopicHistory implements HistoryStore {
     return this.#topics.size
   }
 
-  append (message: PublishedMessage): string {
+  /** Stores the message; a key is remembered (see `keyed`) while the message is held. */
+  append (message: PublishedMessage, key?: string): string {
     const now = Date.now()
     this.#expire(now)
     const seq = ++this.#seq
     const id = message.id ?? this.epoch + '-' + seq
-    const held: Held = { seq, message: message.id === undefined ? { ...message, id } : message }
+    const held: Held = { seq, message: message.id === undefined ? { ...message, id } : message, key, rings: 0 }
     this.#latestId = id
+    if (key !== undefined) this.#keys.set(key, id)
     const topics = topicsOf(message.to)
     if (topics === undefined) {
-      this.#plain.push(held, this.size)
+      this.#release(this.#plain.push(held, this.size))
       return id
     }
     for (const topic of topics) {
       let ring = this.#topics.get(topic)
       if (ring === undefined) ring = new Ring()
       else this.#topics.delete(topic)
-      ring.push(held, this.size)
+      this.#release(ring.push(held, this.size))
       ring.lastPublished = now
       this.#topics.set(topic, ring)
     }
     while (this.#topics.size > this.maxTopics) this.#dropOldest()
     return id
+  }
+
+  /** The id of the held message published with this idempotency key, if any. */
+  keyed (key: string): string | undefined {
+    return this.#keys.get(key)
   }
 
   readAfter (lastEventId: string, identifier: string | undefined, topics?: readonly string[]): ReplayResult {
@@ -184,5 +201,12 @@ export class MemoryTopicHistory implements HistoryStore {
     const [topic, ring] = this.#topics.entries().next().value as [string, Ring]
     this.#topics.delete(topic)
     if (ring.last > this.#dropped) this.#dropped = ring.last
+    if (this.#keys.size > 0) for (const held of ring.items) this.#release(held)
+  }
+
+  /** A ring let go of a message: once none holds it, its key is forgotten. */
+  #release (held: Held | undefined): void {
+    if (held === undefined || --held.rings > 0 || held.key === undefined) return
+    if (this.#keys.get(held.key) === held.message.id) this.#keys.delete(held.key)
   }
 }
