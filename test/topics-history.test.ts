@@ -104,3 +104,14 @@ test('an idempotency key is remembered while any ring holds its message', async 
   store.append({ data: 'p3' })
   t.equal(store.keyed('k2'), undefined)
 })
+
+test('a topic dropped and published to again still reports what it lost (regression)', async t => {
+  const store = new MemoryTopicHistory({ size: 5, topics: 1, epoch: 1 })
+  store.append({ data: 't1', to: to('t') })
+  store.append({ data: 't2', to: to('t') })
+  store.append({ data: 'o', to: to('o') })
+  store.append({ data: 't3', to: to('t') })
+  const replay = store.readAfter('1-1', undefined, ['t'])
+  t.same([replay.gap, replay.messages.map(m => m.data)], [true, ['t3']], 't2 was lost with the dropped history')
+  t.equal(store.readAfter('1-3', undefined, ['t']).gap, false, 'nothing of t was lost after 1-3')
+})

@@ -122,8 +122,13 @@ export class MemoryTopicHistory implements HistoryStore {
     }
     for (const topic of topics) {
       let ring = this.#topics.get(topic)
-      if (ring === undefined) ring = new Ring()
-      else this.#topics.delete(topic)
+      if (ring === undefined) {
+        // A topic dropped earlier may be coming back: what it lost up to the drops is still lost.
+        ring = new Ring()
+        ring.evicted = this.#dropped
+      } else {
+        this.#topics.delete(topic)
+      }
       this.#release(ring.push(held, this.size))
       ring.lastPublished = now
       this.#topics.set(topic, ring)
