@@ -239,6 +239,13 @@ function writeReport (results) {
     out.push('')
   }
 
+  // Written by bench/stalled-memory.js, a run of its own.
+  const stalled = path.join(__dirname, 'results', 'stalled-memory.md')
+  if (fs.existsSync(stalled)) {
+    out.push(fs.readFileSync(stalled, 'utf8').trim())
+    out.push('')
+  }
+
   // Topics are measured by their own script (bench/topics.js); its latest results stay in the file.
   const topics = path.join(__dirname, 'results', 'topics.json')
   if (fs.existsSync(topics)) out.push(require('./topics').topicsSection(JSON.parse(fs.readFileSync(topics, 'utf8'))))

@@ -76,8 +76,9 @@ class Ring {
 
 /**
  * The default history: one ring per topic plus one for messages to no topic, so a busy topic never evicts a
- * quiet one. Ids come from one sequence across all rings (`<epoch>-<seq>`), which orders a merged replay and
- * tells, for a Last-Event-ID whose message was already trimmed, exactly which followed rings lost something.
+ * quiet one. Positions come from one sequence across all rings (`<epoch>-<seq>`; also the id, unless publish was
+ * given one), which orders a merged replay and tells, for a Last-Event-ID whose message was already trimmed,
+ * exactly which followed rings lost something.
  */
 export class MemoryTopicHistory implements HistoryStore {
   readonly size: number
@@ -111,8 +112,11 @@ export class MemoryTopicHistory implements HistoryStore {
     const now = Date.now()
     this.#expire(now)
     const seq = ++this.#seq
-    const id = message.id ?? this.epoch + '-' + seq
-    const held: Held = { seq, message: message.id === undefined ? { ...message, id } : message, key, rings: 0 }
+    const position = this.epoch + '-' + seq
+    const id = message.id ?? position
+    const held: Held = { seq, message: { ...message, id, position }, key, rings: 0 }
+    // Live delivery compares it with each source's own position.
+    message.position = position
     this.#latestId = id
     if (key !== undefined) this.#keys.set(key, id)
     const topics = topicsOf(message.to)
@@ -173,7 +177,8 @@ export class MemoryTopicHistory implements HistoryStore {
       previous = held.seq
       messages.push(held.message)
     }
-    return this.#latestId === undefined ? { messages, gap } : { messages, gap, latestId: this.#latestId }
+    if (this.#latestId === undefined) return { messages, gap }
+    return { messages, gap, latestId: this.#latestId, position: this.epoch + '-' + this.#seq }
   }
 
   /** The seq a Last-Event-ID stands for, or -1 when this store cannot place it (another epoch, or an unknown id). */
