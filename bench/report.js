@@ -246,6 +246,10 @@ function writeReport (results) {
     out.push('')
   }
 
+  // Topics are measured by their own script (bench/topics.js); its latest results stay in the file.
+  const topics = path.join(__dirname, 'results', 'topics.json')
+  if (fs.existsSync(topics)) out.push(require('./topics').topicsSection(JSON.parse(fs.readFileSync(topics, 'utf8'))))
+
   const findings = path.join(__dirname, 'findings.md')
   if (fs.existsSync(findings)) {
     out.push(fs.readFileSync(findings, 'utf8').trim())

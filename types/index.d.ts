@@ -11,11 +11,13 @@ declare module 'fastify' {
     /**
      * Turns this request into a long-lived event stream (the reply is hijacked). With an identifier, the
      * source is registered in `fastify.eventSources` and closes any older source with the same identifier.
+     * Topics declared here are followed from the start and are part of a Last-Event-ID replay.
      * @throws FST_ERR_SSE_ALREADY_STREAMING on a second call for the same request
      * @throws FST_ERR_SSE_TOO_MANY_CONNECTIONS (503, with Retry-After set) beyond a connection limit
+     * @throws FST_ERR_SSE_INVALID_FIELD for a bad identifier or topic, before anything is written
      * @throws FST_ERR_SSE_ADAPTER on a route of a context made before the plugin was registered
      */
-    getEventSource (identifier?: string): fastifyEventSources.HttpRequestEventSource
+    getEventSource (identifier?: string, options?: fastifyEventSources.GetEventSourceOptions): fastifyEventSources.HttpRequestEventSource
   }
 }
 
@@ -36,16 +38,35 @@ declare namespace fastifyEventSources {
     retry?: number | undefined
   }
 
-  /** Who a published message is for: one identifier, every identifier with a prefix, or (absent) every identified source. */
-  export type PublishTarget = string | { prefix: string }
+  /**
+   * A topic: a non-empty string of at most 1,024 UTF-16 code units without CR, LF or NUL. Anything else throws
+   * FST_ERR_SSE_INVALID_FIELD.
+   */
+  export type Topic = string
+
+  /** Identified sources: one identifier, or every identifier with a prefix. */
+  export type SourceSelector = string | { prefix: string }
+
+  /**
+   * Who a published message is for: one identifier, every identifier with a prefix, the followers of one or
+   * more topics (identified or not; each once), or (absent) every identified source.
+   */
+  export type PublishTarget = SourceSelector | { topic: Topic | Topic[] }
 
   export interface PublishOptions extends SendOptions {
     to?: PublishTarget | undefined
   }
 
   export interface BroadcastOptions extends SendOptions {
-    /** Only sources whose identifier passes receive the message. */
+    /** Only sources whose identifier passes receive the message (with `topic`, anonymous followers are left out). */
     filter?: ((identifier: string) => boolean) | undefined
+    /** Only this instance's followers of this topic (or of any of these), each once, identified or not. */
+    topic?: Topic | Topic[] | undefined
+  }
+
+  export interface GetEventSourceOptions {
+    /** Topics to follow from the start; their messages after a Last-Event-ID are replayed on reconnect. */
+    topics?: Topic | Topic[] | undefined
   }
 
   export interface ReplayInfo {
@@ -96,6 +117,17 @@ declare namespace fastifyEventSources {
     readonly state: Record<string, unknown>
     /** This source's ping policy (the plugin's `ping` option sets its defaults and starts it). */
     readonly ping: PingPolicy
+    /** The topics this source follows now; empty once it has ended. */
+    readonly topics: ReadonlySet<Topic>
+
+    /**
+     * Follows more topics: live messages from now on (only topics declared at open are replayed on reconnect).
+     * Does nothing on an ended source.
+     * @throws FST_ERR_SSE_INVALID_FIELD for a bad topic, before anything changes
+     */
+    subscribe (topics: Topic | Topic[]): this
+    /** Stops following topics. Does nothing on an ended source. @throws FST_ERR_SSE_INVALID_FIELD for a bad topic */
+    unsubscribe (topics: Topic | Topic[]): this
 
     /** @throws FST_ERR_SSE_HEADERS_SENT after the head was written; FST_ERR_SSE_INVALID_HEADER for a bad name or value */
     appendHeader (name: string, value: string): this
@@ -145,6 +177,15 @@ declare namespace fastifyEventSources {
     broadcast (data?: unknown, options?: BroadcastOptions): number
     /** Stores the message in history (when on) and delivers it on every instance the adapter reaches. */
     publish (data?: unknown, options?: PublishOptions): Promise<void>
+    /** This instance's sources following `topic`, identified or not. */
+    subscribers (topic: Topic): HttpRequestEventSource[]
+    /**
+     * The sources matching `to` on every instance follow `topics` from now on (live only). Resolves once this
+     * instance's have joined; other instances apply it when the adapter delivers it.
+     */
+    subscribe (to: SourceSelector, topics: Topic | Topic[]): Promise<void>
+    /** The sources matching `to` on every instance stop following `topics`. */
+    unsubscribe (to: SourceSelector, topics: Topic | Topic[]): Promise<void>
     on<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
     off<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
     once<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
@@ -183,12 +224,26 @@ declare namespace fastifyEventSources {
      * the message it is given, so live delivery can tell a copy of a replayed message.
      */
     append (message: PublishedMessage): string | Promise<string>
-    readAfter (lastEventId: string, identifier: string): ReplayResult | Promise<ReplayResult>
+    /**
+     * Every held message after `lastEventId` for a source with this identifier (undefined: an anonymous source)
+     * following `topics` (those declared at open), in publish order, each once. A store written before topics
+     * existed may ignore `topics`: topic messages are then simply not replayed.
+     */
+    readAfter (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): ReplayResult | Promise<ReplayResult>
+  }
+
+  /** A subscribe or unsubscribe for the sources matching `to`, carried to every instance. */
+  export interface ControlMessage {
+    op: 'subscribe' | 'unsubscribe'
+    to: SourceSelector
+    topics: Topic[]
   }
 
   export interface AdapterHost {
     deliver (message: PublishedMessage): void
     closeOlder (identifier: string, openedAt: number): void
+    /** Applies a subscribe or unsubscribe to this instance's sources. */
+    control (message: ControlMessage): void
     log: FastifyBaseLogger
   }
 
@@ -197,8 +252,13 @@ declare namespace fastifyEventSources {
     readonly hasHistory: boolean
     attach (host: AdapterHost): void | Promise<void>
     publish (message: PublishedMessage): Promise<void>
-    replay (lastEventId: string, identifier: string): Promise<ReplayResult>
+    replay (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): Promise<ReplayResult>
     claim? (identifier: string, openedAt: number): void
+    /**
+     * Carries a subscribe or unsubscribe to every instance, this one included (`host.control`). Without it,
+     * `eventSources.subscribe()` applies to this instance only.
+     */
+    control? (message: ControlMessage): Promise<void>
     close (): Promise<void>
   }
 
@@ -223,8 +283,13 @@ declare namespace fastifyEventSources {
     maxConnectionsPerKey?: number | undefined
     /** The key counted by maxConnectionsPerKey. Default the client IP. */
     connectionKey?: ((request: FastifyRequest) => string) | undefined
-    /** Last-Event-ID history for publish: `{ size }` (default 1000) or false. Ignored with an adapter that brings its own. */
-    history?: { size?: number | undefined } | false | undefined
+    /**
+     * Last-Event-ID history for publish, or false. Ignored with an adapter that brings its own.
+     * - `size`: messages kept per topic, and for the messages to no topic. Default 1000.
+     * - `topics`: topic histories kept; past it the least recently published is dropped. Default 1000.
+     * - `ttl`: a topic history with nothing published for this long (ms) is dropped. Default 3600000 (1 h).
+     */
+    history?: { size?: number | undefined, topics?: number | undefined, ttl?: number | undefined } | false | undefined
     /** Event name sent first when a Last-Event-ID is not in history. Default 'reset'. */
     resetEvent?: string | undefined
     /** How publish reaches other instances. Default: this process only. */
@@ -239,13 +304,26 @@ declare namespace fastifyEventSources {
     lastEventIdQuery?: string | false | undefined
   }
 
-  /** The in-memory ring the default adapter keeps history in. */
+  /** One in-memory ring for every message (no per-topic retention); the default is MemoryTopicHistory. */
   export class MemoryHistory implements HistoryStore {
     constructor (size: number, epoch?: number)
     readonly size: number
     readonly epoch: string
     append (message: PublishedMessage): string
-    readAfter (lastEventId: string, identifier: string): ReplayResult
+    readAfter (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): ReplayResult
+  }
+
+  /** The default history: one ring per topic plus one for the rest, ids from one sequence. */
+  export class MemoryTopicHistory implements HistoryStore {
+    constructor (options?: { size?: number, topics?: number, ttl?: number, epoch?: number })
+    readonly size: number
+    readonly maxTopics: number
+    readonly ttl: number
+    readonly epoch: string
+    /** Topic histories held now. */
+    readonly topicCount: number
+    append (message: PublishedMessage): string
+    readAfter (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): ReplayResult
   }
 
   export const errors: {

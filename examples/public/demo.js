@@ -110,6 +110,7 @@
     if (last) url += '&lastEventId=' + encodeURIComponent(last)
     const es = new window.EventSource(url)
     demo.es = es
+    window.demoRooms?.attach(es, record)
     // Feed events before `hello` are the replay: the server queues everything it sends behind it.
     let catchingUp = true
     let caughtUp = 0

@@ -1,5 +1,5 @@
 import type { HistoryStore } from '../history/history'
-import type { AdapterHost, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
+import type { AdapterHost, ControlMessage, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
 
 /** One process: publish stores in the given history (if any) and delivers at once. */
 export class LocalAdapter implements EventSourceAdapter {
@@ -25,10 +25,15 @@ export class LocalAdapter implements EventSourceAdapter {
     this.#host?.deliver(message)
   }
 
-  async replay (lastEventId: string, identifier: string): Promise<ReplayResult> {
+  async replay (lastEventId: string, identifier: string | undefined, topics?: readonly string[]): Promise<ReplayResult> {
     // Nothing is kept: whatever the client missed is lost, and it is told so.
     if (this.#history === undefined) return { messages: [], gap: true }
-    return this.#history.readAfter(lastEventId, identifier)
+    return this.#history.readAfter(lastEventId, identifier, topics)
+  }
+
+  /** One process: a subscribe or unsubscribe applies here and now. */
+  async control (message: ControlMessage): Promise<void> {
+    this.#host?.control(message)
   }
 
   async close (): Promise<void> {}
