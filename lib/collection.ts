@@ -14,7 +14,8 @@ import { parsePosition } from './position'
 import { PingScheduler } from './ping'
 import { WriteScheduler } from './scheduler'
 import { isTarget, type Target } from './target'
-import { checkTopics, checkTopic, TopicIndex } from './topics'
+import { checkTopics, checkTopic } from './topics'
+import { countTarget, InstancePresence, TrackedTopicIndex, type CountTarget } from './presence'
 import type { GetEventSourceOptions, SourceSelector, EventSourceCollection as PublicCollection } from '../types/index'
 
 export interface BroadcastOptions extends SendOptions {
@@ -39,7 +40,8 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   #ending = new Set<EventSource>()
   #perKey = new Map<string, number>()
   #closing = false
-  #topics = new TopicIndex<EventSource>()
+  #topics = new TrackedTopicIndex<EventSource>()
+  #presence = new InstancePresence(this.#byId, this.#open, this.#topics)
   #ctx: SourceContext
   #log: FastifyBaseLogger
 
@@ -88,7 +90,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   }
 
   /** @internal the topic index, for tests that measure it */
-  get _topics (): TopicIndex<EventSource> {
+  get _topics (): TrackedTopicIndex<EventSource> {
     return this.#topics
   }
 
@@ -96,6 +98,20 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   subscribers (topic: string): EventSource[] {
     const followers = this.#topics.followers(checkTopic(topic))
     return followers === undefined ? [] : [...followers]
+  }
+
+  /** The identifiers of the open sources following `topic` on every instance the adapter reaches, each once. */
+  async presence (topic: string): Promise<string[]> {
+    checkTopic(topic)
+    const adapter = this.#settings.adapter
+    return adapter.presence === undefined ? this.#presence.presence(topic) : adapter.presence(topic)
+  }
+
+  /** Open streams on every instance the adapter reaches, identified or not; or only those matching `to`. */
+  async count (to?: CountTarget): Promise<number> {
+    const target = countTarget(to)
+    const adapter = this.#settings.adapter
+    return adapter.count === undefined ? this.#presence.count(target) : adapter.count(target)
   }
 
   /**
@@ -169,6 +185,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
         if (source !== undefined && source.openedAt < openedAt) source._end('replaced')
       },
       control: message => this.#applyControl(message),
+      presence: this.#presence,
       log: this.#log
     }
   }
@@ -190,6 +207,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       reply.hijack()
       const source = new EventSource(this.#ctx, request, reply, identifier, undefined, this.#lastEventId(request))
       this.#open.add(source)
+      this.#presence.listener?.streams()
       source._gone('client')
       runOnResponseOnClose(reply, true)
       return source
@@ -208,6 +226,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     reply.hijack()
     const source = new EventSource(this.#ctx, request, reply, identifier, key, this.#lastEventId(request))
     this.#open.add(source)
+    this.#presence.listener?.streams()
     if (key !== undefined) this.#perKey.set(key, (this.#perKey.get(key) ?? 0) + 1)
     runOnResponseOnClose(reply)
     if (request.method === 'HEAD') {
@@ -227,6 +246,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   #register (source: EventSource, identifier: string): void {
     this.#byId.get(identifier)?._end('replaced')
     this.#byId.set(identifier, source)
+    this.#presence.listener?.identifier(identifier)
     this.#emitSafely('registered', source)
     const adapter = this.#settings.adapter
     adapter.claim?.(identifier, source.openedAt)
@@ -268,6 +288,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
 
   #release (source: EventSource): void {
     this.#open.delete(source)
+    this.#presence.listener?.streams()
     this.#ending.add(source)
     source._settled().then(() => this.#ending.delete(source), () => {})
     const key = source._key
@@ -280,6 +301,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const identifier = source.identifier
     if (identifier !== undefined && this.#byId.get(identifier) === source) {
       this.#byId.delete(identifier)
+      this.#presence.listener?.identifier(identifier)
       this.#emitSafely('unregistered', source)
     }
   }

@@ -22,6 +22,13 @@ declare namespace redisAdapter {
     publishTimeout?: number | undefined
     /** Milliseconds plugin registration may wait for the first connection. Default 10000. */
     connectTimeout?: number | undefined
+    /**
+     * Presence and counts across instances (`eventSources.presence()`, `count()`), or `false` for this instance's
+     * only. `heartbeat` (ms, default 5000): an instance silent for three heartbeats (15 s by default, for example
+     * one killed outright) drops out. `flush` (ms, default 250): joins and leaves are gathered this long, then
+     * written in one transaction.
+     */
+    presence?: { heartbeat?: number | undefined, flush?: number | undefined } | false | undefined
   }
 
   export interface RedisAdapter extends EventSourceAdapter {

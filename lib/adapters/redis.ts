@@ -3,7 +3,8 @@ import { Redis, type RedisOptions } from 'ioredis'
 import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_INVALID_OPTION, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
 import { APPEND_AND_PUBLISH, RedisStreamsHistory, decode, encode } from '../history/redis-streams'
 import { isAfter } from '../position'
-import type { AdapterHost, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
+import type { AdapterHost, CountTarget, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
+import { PRESENCE_DEFAULTS, RedisPresence, type PresenceSettings } from './redis-presence'
 import type { RedisAdapterOptions } from '../../types/redis'
 
 const SCRIPT_SHA = createHash('sha1').update(APPEND_AND_PUBLISH).digest('hex')
@@ -48,6 +49,8 @@ class RedisAdapter implements EventSourceAdapter {
   #owned: Redis[] = []
   #history: RedisStreamsHistory | undefined
   #host: AdapterHost | undefined
+  #presenceSettings: PresenceSettings | undefined
+  #presence: RedisPresence | undefined
   #instance = randomUUID()
   #closed = false
   #down = false
@@ -72,6 +75,14 @@ class RedisAdapter implements EventSourceAdapter {
     this.#maxLen = history === false ? 0 : positive('history.maxLen', history?.maxLen, 1000)
     this.#timeout = positive('publishTimeout', options.publishTimeout, 2000)
     this.#connectTimeout = positive('connectTimeout', options.connectTimeout, 10_000)
+    const presence = options.presence
+    if (presence !== undefined && presence !== false && (typeof presence !== 'object' || presence === null)) fail('presence', 'must be { heartbeat, flush } or false')
+    this.#presenceSettings = presence === false
+      ? undefined
+      : {
+          heartbeat: positive('presence.heartbeat', presence?.heartbeat, PRESENCE_DEFAULTS.heartbeat),
+          flush: positive('presence.flush', presence?.flush, PRESENCE_DEFAULTS.flush)
+        }
     this.hasHistory = history !== false
     this.channelPrefix = prefix
     this.streamKey = prefix + 'stream'
@@ -105,6 +116,24 @@ class RedisAdapter implements EventSourceAdapter {
       throw new FST_ERR_SSE_ADAPTER(`cannot reach Redis: ${(err as Error).message}`, { cause: err })
     }
     this.#subscribed = true
+    if (this.#presenceSettings !== undefined) {
+      const presence = new RedisPresence(client, host, this.channelPrefix, this.#instance, this.#presenceSettings, op => this.#bounded(op))
+      this.#presence = presence
+      // Not fatal: the heartbeat writes everything once Redis answers.
+      await presence.start().catch((err: Error) => host.log.warn({ err }, 'fastify-event-sources: could not write presence yet; retrying'))
+    }
+  }
+
+  /** Identifiers following `topic` on every live instance sharing the prefix, each once. */
+  async presence (topic: string): Promise<string[]> {
+    if (this.#presence !== undefined) return this.#presence.presence(topic)
+    return this.#host?.presence.presence(topic) ?? []
+  }
+
+  /** Open streams on every live instance sharing the prefix (matching `to`). */
+  async count (to: CountTarget | undefined): Promise<number> {
+    if (this.#presence !== undefined) return this.#presence.count(to)
+    return this.#host?.presence.count(to) ?? 0
   }
 
   async publish (message: PublishedMessage): Promise<void> {
@@ -136,6 +165,7 @@ class RedisAdapter implements EventSourceAdapter {
 
   /** Closes the connections this adapter opened; a client passed in stays open. */
   async close (): Promise<void> {
+    await this.#presence?.close()
     this.#closed = true
     const owned = this.#owned
     this.#owned = []
