@@ -3,16 +3,17 @@ import type { ChainableCommander, Redis } from 'ioredis'
 import { FST_ERR_SSE_ADAPTER } from '../errors'
 import type { AdapterHost, CountTarget, LocalPresence, PresenceListener } from './adapter'
 
-// Marks this instance alive (scored by Redis's own clock, so instances need no common clock), forgets instances
-// silent for longer than the timeout, and keeps this instance's keys alive. Returns 0 when this instance's hash
-// was gone (expired during an outage, or Redis restarted): everything must be written again.
+// Marks this instance alive until now + its timeout (Redis's own clock, so instances need no common clock and
+// each may have its own heartbeat), forgets instances past their deadline, and keeps this instance's keys alive.
+// Returns 0 when this instance's hash was gone (expired during an outage, or Redis restarted): everything must be
+// written again.
 const HEARTBEAT = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local timeout = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - timeout)
-redis.call('PEXPIRE', KEYS[1], timeout)
+redis.call('ZADD', KEYS[1], now + timeout, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('PTTL', KEYS[1]) < timeout then redis.call('PEXPIRE', KEYS[1], timeout) end
 local held = redis.call('PEXPIRE', KEYS[2], timeout)
 for i = 3, #KEYS do redis.call('PEXPIRE', KEYS[i], timeout) end
 return held
@@ -23,8 +24,8 @@ return held
 const READ = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')
-local base, own, op, arg = ARGV[1], ARGV[3], ARGV[4], ARGV[5]
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+local base, own, op, arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if op == 'presence' then
   local out = {}
   for _, instance in ipairs(live) do
@@ -69,7 +70,7 @@ export const PRESENCE_DEFAULTS: PresenceSettings = { heartbeat: 5000, flush: 250
  * This instance's share of the presence data in Redis, and the reads over every live instance's share.
  *
  * Keys (`<prefix>` is the adapter's channel prefix, `<i>` this instance's random id):
- * - `<prefix>instances`: sorted set of live instances, scored by their last heartbeat (Redis time).
+ * - `<prefix>instances`: sorted set of live instances, scored by when they expire (last heartbeat + timeout).
  * - `<prefix>presence:<i>`: hash; `n` open streams, `t:<topic>` streams following the topic.
  * - `<prefix>presence:<i>:ids`: sorted set (all scores 0, so prefixes are ranges) of identified sources.
  * - `<prefix>presence:<i>:t:<topic>`: sorted set of the identifiers following the topic.
@@ -117,8 +118,11 @@ export class RedisPresence implements PresenceListener {
   async start (): Promise<void> {
     this.#local.watch(this)
     this.#heartbeat = setInterval(() => { this.#beat() }, this.#settings.heartbeat).unref()
-    await this.#write()
+    let failed: unknown
+    await this.#write().catch(err => { failed = err })
+    // Alive even if the first write failed: the heartbeat retries it.
     await this.#beat()
+    if (failed !== undefined) throw failed
   }
 
   streams (): void {
@@ -172,7 +176,7 @@ export class RedisPresence implements PresenceListener {
   async #read (op: string, arg: string): Promise<unknown> {
     const client = this.#client
     if (client.status !== 'ready') throw new FST_ERR_SSE_ADAPTER(`Redis is not connected (${client.status}); cannot read presence`)
-    const args = [1, this.#instances, this.#base, this.timeout, this.#instance, op, arg] as const
+    const args = [1, this.#instances, this.#base, this.#instance, op, arg] as const
     try {
       return await this.#bound(evalScript(client, READ_SHA, READ, args))
     } catch (err) {
