@@ -43,17 +43,19 @@ declare namespace fastifyEventSources {
    */
   export type Topic = string
 
-  /** Identified sources: one identifier, or every identifier with a prefix. */
-  export type SourceSelector = string | { prefix: string }
+  /** Who a published message is for: one identifier, every identifier with a prefix, or (absent) every identified source. */
+  export type PublishTarget = string | { prefix: string }
 
-  /**
-   * Who a published message is for: one identifier, every identifier with a prefix, the followers of one or
-   * more topics (identified or not; each once), or (absent) every identified source.
-   */
-  export type PublishTarget = SourceSelector | { topic: Topic | Topic[] }
+  /** The followers of one or more topics, identified or not, each once. */
+  export interface TopicTarget {
+    topic: Topic | Topic[]
+  }
+
+  /** Identified sources: one identifier, or every identifier with a prefix. */
+  export type SourceSelector = PublishTarget
 
   export interface PublishOptions extends SendOptions {
-    to?: PublishTarget
+    to?: PublishTarget | TopicTarget
   }
 
   export interface BroadcastOptions extends SendOptions {
@@ -193,7 +195,7 @@ declare namespace fastifyEventSources {
     event?: string
     id?: string
     retry?: number
-    to?: PublishTarget
+    to?: PublishTarget | TopicTarget
     /**
      * The store's order key, `<int>-<int>` compared as numbers (memory history: `<epoch ms>-<seq>`; Redis: the
      * stream id). Equal to `id` unless an explicit id was given to publish. A source is never written a message
