@@ -311,7 +311,7 @@ if (browserAvailable(t)) {
     for (const room of ['dev', 'lobby', 'lobby']) {
       const pressed = await button(room).getAttribute('aria-pressed')
       await button(room).click()
-      await page.waitForFunction(([room, was]) => document.querySelector(`#rooms button[data-room="${room}"]`)?.getAttribute('aria-pressed') !== was, [room, pressed] as const)
+      await page.locator(`#rooms button[data-room="${room}"][aria-pressed="${String(pressed !== 'true')}"]`).waitFor()
     }
     t.same([...demo.app.eventSources.getByIdentifier('tab:' + tab)?.topics ?? []], ['room:dev'], 'joined dev, joined and left lobby')
 

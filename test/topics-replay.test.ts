@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import type { FastifyInstance } from 'fastify'
-import type { PublishTarget } from '../types/index'
+import type { PublishOptions } from '../types/index'
 import { prng, sleep } from './helpers/clients'
 import { readEvents, type EventStream } from './helpers/read-events'
 import { Client, portOf, Switchboard } from './helpers/redis'
@@ -29,7 +29,7 @@ async function open (t: Parameters<typeof start>[0], url: string, lastEventId?: 
 }
 
 interface Route {
-  to: PublishTarget | undefined
+  to: PublishOptions['to']
   /** Whether the client under test (alice, following room:a and room:b) is meant to get it. */
   mine: boolean
   /** Whether an anonymous client following room:a and room:b is meant to get it. */

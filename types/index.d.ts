@@ -44,20 +44,22 @@ declare namespace fastifyEventSources {
    */
   export type Topic = string
 
-  /** Identified sources: one identifier, or every identifier with a prefix. */
-  export type SourceSelector = string | { prefix: string }
+  /** Who a published message is for: one identifier, every identifier with a prefix, or (absent) every identified source. */
+  export type PublishTarget = string | { prefix: string }
 
-  /**
-   * Who a published message is for: one identifier, every identifier with a prefix, the followers of one or
-   * more topics (identified or not; each once), or (absent) every identified source.
-   */
-  export type PublishTarget = SourceSelector | { topic: Topic | Topic[] }
+  /** The followers of one or more topics, identified or not, each once. */
+  export interface TopicTarget {
+    topic: Topic | Topic[]
+  }
+
+  /** Identified sources: one identifier, or every identifier with a prefix. */
+  export type SourceSelector = PublishTarget
 
   /** What `count()` counts: one identifier, every identifier with a prefix, or the followers of one topic. */
   export type CountTarget = string | { prefix: string } | { topic: Topic }
 
   export interface PublishOptions extends SendOptions {
-    to?: PublishTarget | undefined
+    to?: PublishTarget | TopicTarget | undefined
   }
 
   export interface BroadcastOptions extends SendOptions {
@@ -213,7 +215,7 @@ declare namespace fastifyEventSources {
     event?: string
     id?: string
     retry?: number
-    to?: PublishTarget
+    to?: PublishTarget | TopicTarget
     /**
      * The store's order key, `<int>-<int>` compared as numbers (memory history: `<epoch ms>-<seq>`; Redis: the
      * stream id). Equal to `id` unless an explicit id was given to publish. A source is never written a message
@@ -365,7 +367,7 @@ declare namespace fastifyEventSources {
 
   /** The default history: one ring per topic plus one for the rest, ids from one sequence. */
   export class MemoryTopicHistory implements HistoryStore {
-    constructor (options?: { size?: number, topics?: number, ttl?: number, epoch?: number })
+    constructor (options?: { size?: number | undefined, topics?: number | undefined, ttl?: number | undefined, epoch?: number | undefined })
     readonly size: number
     readonly maxTopics: number
     readonly ttl: number

@@ -7,7 +7,8 @@ import {
   type HistoryStore,
   type HttpRequestEventSource,
   type PublishTarget,
-  type ReplayResult
+  type ReplayResult,
+  type TopicTarget
 } from './index'
 
 const app = Fastify()
@@ -53,7 +54,8 @@ test('publish, broadcast, subscribers, subscribe and unsubscribe on the collecti
   expect(sources.subscribe({ topic: 'a' }, 'room:7')).type.toRaiseError()
   expect(sources.subscribe('user:1')).type.toRaiseError()
   expect(sources.unsubscribe(undefined, 'a')).type.toRaiseError()
-  expect<{ topic: string[] }>().type.toBeAssignableTo<PublishTarget>()
+  expect<{ topic: string[] }>().type.toBeAssignableTo<TopicTarget>()
+  expect<{ topic: string[] }>().type.not.toBeAssignableTo<PublishTarget>()
 })
 
 test('history options', () => {
@@ -75,4 +77,9 @@ test('custom stores and adapters written before topics still fit', () => {
   const control: ControlMessage = { op: 'subscribe', to: { prefix: 'a' }, topics: ['t'] }
   expect(control).type.toBeAssignableTo<Parameters<NonNullable<EventSourceAdapter['control']>>[0]>()
   expect<ControlMessage>().type.not.toBeAssignableTo<{ op: 'join' }>()
+})
+
+test('code written before topics still narrows a PublishTarget', () => {
+  const to = {} as PublishTarget
+  expect(typeof to === 'object' ? to.prefix : to).type.toBe<string>()
 })
