@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis'
-import type { EventSourceAdapter } from './index'
+import type { CountTarget, EventSourceAdapter } from './index'
 
 declare namespace redisAdapter {
   export interface RedisAdapterOptions {
@@ -39,6 +39,10 @@ declare namespace redisAdapter {
     readonly messageChannel: string
     /** `<prefix>claims`: the channel that tells other instances an identifier was opened here. */
     readonly claimChannel: string
+    /** Identifiers following `topic` on every live instance sharing the prefix, each once. */
+    presence (topic: string): Promise<string[]>
+    /** Open streams on every live instance sharing the prefix (matching `to`). */
+    count (to: CountTarget | undefined): Promise<number>
   }
 
   export const RedisAdapter: new (options?: RedisAdapterOptions) => RedisAdapter
