@@ -21,6 +21,7 @@ export interface BroadcastOptions extends SendOptions {
 
 export interface PublishOptions extends SendOptions {
   to?: Target
+  key?: string
 }
 
 /**
@@ -95,6 +96,10 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   async publish (data?: unknown, options?: PublishOptions): Promise<void> {
     const to = options?.to
     if (!isTarget(to)) throw new FST_ERR_SSE_INVALID_FIELD('to', 'must be an identifier string or { prefix: string }')
+    const key = options?.key
+    if (key !== undefined && (typeof key !== 'string' || key === '' || key.length > 1024 || /[\r\n\0]/.test(key))) {
+      throw new FST_ERR_SSE_INVALID_FIELD('key', 'must be a non-empty string of at most 1024 characters without CR, LF or NUL')
+    }
     const event = options?.event
     const id = options?.id
     const retry = options?.retry
@@ -104,7 +109,8 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     if (id !== undefined) message.id = id
     if (retry !== undefined) message.retry = retry
     if (to !== undefined) message.to = typeof to === 'string' ? to : { prefix: to.prefix }
-    await this.#settings.adapter.publish(message)
+    if (key === undefined) await this.#settings.adapter.publish(message)
+    else await this.#settings.adapter.publish(message, { key })
   }
 
   /** @internal the plugin's side of the adapter seam */
@@ -115,6 +121,9 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
         const source = this.#byId.get(identifier)
         if (source !== undefined && source.openedAt < openedAt) source._end('replaced')
       },
+      gap: (latestId, lastId) => this.#gap(latestId, lastId),
+      identified: () => Array.from(this.#byId, ([identifier, source]) => [identifier, source.openedAt]),
+      openedAt: identifier => this.#byId.get(identifier)?.openedAt,
       log: this.#log
     }
   }
@@ -161,7 +170,8 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const adapter = this.#settings.adapter
     adapter.claim?.(identifier, source.openedAt)
     const lastEventId = source.lastEventId
-    if (lastEventId === undefined || lastEventId === '' || !adapter.hasHistory) return
+    // Without history the replay is a gap report: the client learns it missed what it cannot get back.
+    if (lastEventId === undefined || lastEventId === '') return
     source._replaying = true
     adapter.replay(lastEventId, identifier).then(
       result => source._finishReplay(result, this.#settings.resetEvent, lastEventId),
@@ -205,6 +215,12 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const frame = eventFrame(message)
     if (message.id !== undefined) publishedIds.set(frame, message.id)
     this.#ctx.scheduler.fanOut(targets, frame, 'message')
+  }
+
+  /** Live delivery here missed messages no history holds: the reset event, as on a replay gap, to every identified source. */
+  #gap (latestId: string | undefined, lastId: string | undefined): void {
+    const frame = eventFrame({ event: this.#settings.resetEvent, id: latestId, data: JSON.stringify({ lastEventId: lastId ?? null }) })
+    this.#ctx.scheduler.fanOut(this.#byId.values(), frame, 'message')
   }
 
   #lastEventId (request: FastifyRequest): string | undefined {

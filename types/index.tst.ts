@@ -8,7 +8,11 @@ import eventSources, {
   type EventSourceCollection,
   type FastifyEventSourcesOptions,
   type HttpRequestEventSource,
-  type PingPolicy
+  type PingPolicy,
+  type PublishedMessage,
+  type AdapterHost,
+  type AdapterPublishOptions,
+  type EventSourceAdapter
 } from './index'
 import required = require('./index')
 
@@ -155,4 +159,17 @@ test('errors and extras', () => {
   expect(new errors.FST_ERR_SSE_INVALID_OPTION('retry', 'bad').code).type.toBe<'FST_ERR_SSE_INVALID_OPTION'>()
   expect(new MemoryHistory(10).size).type.toBe<number>()
   expect<CloseReason>().type.toBe<'close' | 'client' | 'error' | 'timeout' | 'slow-client' | 'drain-timeout' | 'replaced' | 'shutdown' | 'ping-failed'>()
+})
+
+test('publish with an idempotency key; the adapter seam carries it and positions', () => {
+  const sources = app.eventSources
+  expect(sources.publish('x', { key: 'order-42' })).type.toBe<Promise<void>>()
+  expect(sources.publish('x', { key: 42 })).type.toRaiseError()
+  expect(new MemoryHistory(10).keyed('order-42')).type.toBe<string | undefined>()
+  expect<PublishedMessage>().type.toBeAssignableFrom({ data: 'x', id: '1-1', position: '1-1' })
+  expect<PublishedMessage>().type.not.toBeAssignableFrom({ data: 'x', position: 1 })
+  expect<AdapterHost['gap']>().type.toBe<(latestId: string | undefined, lastId: string | undefined) => void>()
+  expect<ReturnType<AdapterHost['identified']>>().type.toBe<[identifier: string, openedAt: number][]>()
+  expect<Parameters<EventSourceAdapter['publish']>[1]>().type.toBe<AdapterPublishOptions | undefined>()
+  expect<AdapterPublishOptions>().type.not.toBeAssignableFrom({ key: null })
 })
