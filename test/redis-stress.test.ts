@@ -75,12 +75,12 @@ if (!hasRedisServer) {
 
     let label = 0
     const hops = { count: 0 }
-    let hopping = true
+    const hopping = { on: true }
     // A client hops only once it got something since its last hop: a replay of megabytes takes a moment to read,
     // and a client cut every time before it is read would never move on.
     const seen = clients.map(() => 0)
     const hopper = (async () => {
-      while (hopping) {
+      while (hopping.on) {
         await sleep(50 + Math.floor(random() * 100))
         const i = Math.floor(random() * CLIENTS)
         if (clients[i].events.length === seen[i]) continue
@@ -120,7 +120,7 @@ if (!hasRedisServer) {
 
     published.push(await burst(150, killSubscribers))
     published.push(await burst(150))
-    hopping = false
+    hopping.on = false
     await hopper
     await nodes[0].call('publish', { data: 'end|' })
     await until(() => clients.every(c => c.data.some(d => d.startsWith('end|'))), 30_000, 'every client to get the end marker')
