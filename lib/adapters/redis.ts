@@ -327,9 +327,8 @@ class RedisAdapter implements EventSourceAdapter {
         if (continuity === undefined || continuity.gap) {
           host.log.warn({ lastId: cursor, latestId: continuity?.latestId }, 'fastify-event-sources: the history no longer holds what was missed; reporting a gap')
           host.gap(continuity?.latestId, cursor)
-          // The reset carries the newest id held: resume after it, as a client resuming from it would.
-          if (continuity?.latestId !== undefined) this.#lastId = continuity.latestId
-          else this.#lastId = '0-0'
+          // As on a replay gap: after the reset, everything still held. All of it is after the cursor.
+          this.#lastId = '0-0'
           continue
         }
       }
