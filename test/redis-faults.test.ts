@@ -260,6 +260,22 @@ if (hasRedisServer) {
     t.equal(stream.events[1].data, 'live')
   })
 
+  test('history: false and the subscription cut: connected clients get the reset event, since what was missed cannot be read', async t => {
+    const redis = await PrivateRedis.start(t)
+    const a = await instance(t, redis, 'live2:', { history: false })
+    const stream = await open(t, a.url + '/events/u')
+    await until(() => a.app.eventSources.activeConnections === 1)
+    await a.app.eventSources.publish('before')
+    await until(() => stream.events.length === 1)
+    const control = redis.client(t)
+    for (const id of await subscriberIds(control, a.name)) await control.client('KILL', 'ID', id)
+    await until(() => stream.events.length === 2, 5000, 'the reset event')
+    t.same(stream.events[1], { event: 'reset', data: '{"lastEventId":null}', id: undefined })
+    await a.app.eventSources.publish('after')
+    await until(() => stream.events.length === 3)
+    t.equal(stream.events[2].data, 'after')
+  })
+
   test('publish with an idempotency key: a retry on the same or another instance is stored and delivered once', async t => {
     const redis = await PrivateRedis.start(t)
     const control = redis.client(t)
