@@ -3,7 +3,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import eventSources from '../lib/index'
 import redisAdapter from '../lib/adapters/redis'
-import { APPEND_AND_PUBLISH, isAfter } from '../lib/history/redis-streams'
+import { APPEND_AND_PUBLISH, RedisStreamsHistory, isAfter } from '../lib/history/redis-streams'
 import type { RedisAdapterOptions } from '../types/redis'
 import { start, until } from './helpers/server'
 import { readEvents, type EventStream } from './helpers/read-events'
@@ -321,5 +321,24 @@ if (hasRedisServer) {
     const result = await adapter.replay('0-1', 'anyone')
     t.equal(result.messages.length, 2)
     t.ok(result.messages.every(m => m.position !== undefined && m.position === m.id))
+  })
+}
+
+if (hasRedisServer) {
+  test('continuity: whether a stream still holds everything after an id it no longer holds', async t => {
+    const redis = await PrivateRedis.start(t)
+    const control = redis.client(t)
+    const history = new RedisStreamsHistory(control, 'cont')
+    t.same(await history.continuity('0-0'), { gap: false, latestId: undefined }, 'no stream, nothing delivered: nothing lost')
+    t.same(await history.continuity('5-0'), { gap: true, latestId: undefined }, 'no stream after an id was delivered: lost')
+    for (let n = 1; n <= 6; n++) await control.xadd('cont', `${n}-0`, 'm', '{"data":"x"}')
+    t.same(await history.continuity('3-0'), { gap: false, latestId: '6-0' }, 'the first entry is at or before it')
+    await control.xtrim('cont', 'MINID', '4-0')
+    t.same(await history.continuity('4-0'), { gap: false, latestId: '6-0' }, 'still held')
+    t.same(await history.continuity('2-0'), { gap: true, latestId: '6-0' }, 'trimmed past it')
+    t.same(await history.continuity('0-0'), { gap: false, latestId: '6-0' }, 'nothing delivered yet')
+    await control.del('cont')
+    await control.xadd('cont', '9-0', 'm', '{"data":"x"}')
+    t.same(await history.continuity('3-0'), { gap: true, latestId: '9-0' }, 'a new stream (Redis lost the old one)')
   })
 }

@@ -100,9 +100,10 @@ export class RedisStreamsHistory {
   }
 
   /**
-   * For an id that is no longer in the stream: whether entries after it were lost. Redis 7 records the newest
-   * deleted id; it equals `id` exactly when trimming stopped at it. Without that record, or when the stream is
-   * gone, anything after a real id may be lost.
+   * For an id that is no longer in the stream: whether entries after it may be lost. They are not when the first
+   * entry held is at or before it. Otherwise the stream was trimmed past it, or is a new stream (Redis lost the
+   * old one): Redis keeps no record of what trimming removed (`max-deleted-entry-id` counts XDEL only), so anything
+   * after a real id may be lost. `0-0` stands for "nothing delivered yet".
    */
   async continuity (id: string): Promise<Continuity> {
     let reply: unknown[]
@@ -116,10 +117,7 @@ export class RedisStreamsHistory {
     for (let i = 0; i + 1 < reply.length; i += 2) info.set(String(reply[i]), reply[i + 1])
     const first = (info.get('first-entry') as Entry | null | undefined)?.[0]
     const latestId = (info.get('last-entry') as Entry | null | undefined)?.[0]
-    if (first !== undefined && !isAfter(first, id)) return { gap: false, latestId }
-    const deleted = info.get('max-deleted-entry-id')
-    const gap = deleted === undefined ? id !== '0-0' : String(deleted) !== id
-    return { gap, latestId }
+    return { gap: id !== '0-0' && (first === undefined || isAfter(first, id)), latestId }
   }
 
   /** The newest id held, or `0-0` when the stream is empty. */
