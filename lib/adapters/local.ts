@@ -21,6 +21,7 @@ export class LocalAdapter implements EventSourceAdapter {
     const history = this.#history
     if (history !== undefined) {
       const key = options?.key
+      // The store sets message.position, which live delivery compares with each source's own.
       // A retried publish whose first attempt is still held was stored and delivered already.
       if (key !== undefined && history instanceof MemoryHistory && history.keyed(key) !== undefined) return
       const id = await (key !== undefined && history instanceof MemoryHistory ? history.append(message, key) : history.append(message))
@@ -30,6 +31,7 @@ export class LocalAdapter implements EventSourceAdapter {
   }
 
   async replay (lastEventId: string, identifier: string): Promise<ReplayResult> {
+    // Nothing is kept: whatever the client missed is lost, and it is told so.
     if (this.#history === undefined) return { messages: [], gap: true }
     return this.#history.readAfter(lastEventId, identifier)
   }

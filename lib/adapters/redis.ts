@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
 import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_INVALID_OPTION, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
-import { APPEND_AND_PUBLISH, PAGE, RedisStreamsHistory, decode, decodeEntries, encode, isAfter } from '../history/redis-streams'
+import { APPEND_AND_PUBLISH, PAGE, RedisStreamsHistory, decode, decodeEntries, encode } from '../history/redis-streams'
+import { isAfter } from '../position'
 import type { AdapterHost, AdapterPublishOptions, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
 import type { RedisAdapterOptions } from '../../types/redis'
 

@@ -1,5 +1,7 @@
 import type { Redis } from 'ioredis'
 import { matchesTarget } from '../target'
+import { isAfter } from '../position'
+export { isAfter }
 import type { PublishedMessage, ReplayResult } from './history'
 
 const STREAM_ID = /^\d+-\d+$/
@@ -138,13 +140,6 @@ export function decodeEntries (entries: Entry[]): PublishedMessage[] {
     } catch {}
   }
   return messages
-}
-
-/** Stream ids are `<ms>-<seq>`: compares them as numbers, not as text. */
-export function isAfter (id: string, than: string): boolean {
-  const [ms, seq] = id.split('-').map(Number)
-  const [thanMs, thanSeq] = than.split('-').map(Number)
-  return ms > thanMs || (ms === thanMs && seq > thanSeq)
 }
 
 function field (fields: string[], name: string): string | undefined {
