@@ -21,9 +21,9 @@ export class LocalAdapter implements EventSourceAdapter {
     const history = this.#history
     if (history !== undefined) {
       const key = options?.key
-      // The store sets message.position, which live delivery compares with each source's own.
       // A retried publish whose first attempt is still held was stored and delivered already.
       if (key !== undefined && history instanceof MemoryHistory && history.keyed(key) !== undefined) return
+      // The store sets message.position, which live delivery compares with each source's own.
       const id = await (key !== undefined && history instanceof MemoryHistory ? history.append(message, key) : history.append(message))
       if (message.id !== id) message = { ...message, id }
     }
