@@ -160,6 +160,50 @@ if (!hasRedisServer) {
     ordered(t, onB, 'on B')
   })
 
+  test('live messages held back during a long catch-up past their bound are dropped and read from the stream again', async t => {
+    const redis = await PrivateRedis.start(t)
+    const control = redis.client(t)
+    const prefix = 'held:'
+    const a = await instance(t, redis, prefix, { publishTimeout: 30_000 })
+    const name = `fes-${process.pid}-held`
+    const user = new Redis(redis.url, { connectionName: name })
+    user.on('error', () => {})
+    t.teardown(() => { user.disconnect() })
+    let reads = 0
+    let slow = false
+    let burst: Promise<void> | undefined
+    const xrange = user.xrange.bind(user) as (...args: unknown[]) => Promise<unknown>
+    ;(user as unknown as { xrange: typeof xrange }).xrange = async (...args) => {
+      reads++
+      if (slow) {
+        // While the catch-up waits on its first read, 12 MB arrive live: more than it holds back (8 MB).
+        slow = false
+        burst = publishSome(48, 256 * 1024)
+        await burst
+        await until(() => false, 500, '').catch(() => {})
+      }
+      return xrange(...args)
+    }
+    const b = await start(t, routes, { adapter: redisAdapter({ client: user, channelPrefix: prefix, publishTimeout: 30_000 }), maxBufferedBytes: 256 * 1024 * 1024 })
+    const onB = await open(t, b.url + '/events/on-b')
+    await until(() => b.app.eventSources.activeConnections === 1)
+    let published = 0
+    const publishSome = async (count: number, size = 0): Promise<void> => {
+      await Promise.all(Array.from({ length: count }, () => a.app.eventSources.publish(`m${published++}|${'x'.repeat(size)}`)))
+    }
+    await publishSome(5)
+    slow = true
+    for (const id of await subscriberIds(control, name)) await control.client('KILL', 'ID', id)
+    await publishSome(5)
+    await until(() => burst !== undefined, 5000, 'the catch-up')
+    await burst
+    await a.app.eventSources.publish('end|')
+    await until(() => data(onB).includes('end|'), 20_000, 'the end marker')
+    t.same(data(onB).map(d => d.slice(0, d.indexOf('|'))), [...Array.from({ length: published }, (_, n) => `m${n}`), 'end'])
+    t.ok(reads >= 2, `the stream was read again after the held messages were dropped (${reads} reads)`)
+    ordered(t, onB, 'on B')
+  })
+
   test('200 publishes keep their call order in the stream and at the client across SCRIPT FLUSH, with another instance loading the script', async t => {
     const redis = await PrivateRedis.start(t)
     const control = redis.client(t)
