@@ -7,11 +7,11 @@ declare namespace redisAdapter {
      * An ioredis client to send commands on. The adapter subscribes on `client.duplicate()` (which it closes)
      * and never closes `client` itself.
      */
-    client?: Redis
+    client?: Redis | undefined
     /** Where to connect when no `client` is given. Default `redis://127.0.0.1:6379`. */
-    url?: string
+    url?: string | undefined
     /** Prefix of the stream key (`<prefix>stream`) and the channels; instances sharing it reach each other. Default `fastify-event-sources:`. */
-    channelPrefix?: string
+    channelPrefix?: string | undefined
     /**
      * Shared Last-Event-ID history in a Redis Stream, replacing the plugin's in-memory one: `{ maxLen }`
      * (default 1000, trimmed approximately with `MAXLEN ~`) or `false` for live delivery only.
@@ -19,14 +19,14 @@ declare namespace redisAdapter {
      * `keyTtl` (ms, default 3600000) bounds how long an idempotency key is remembered, at most as long as
      * the stream holds its message. With `false`, a client resuming with a Last-Event-ID gets the reset event.
      */
-    history?: { maxLen?: number, keyTtl?: number } | false
+    history?: { maxLen?: number | undefined, keyTtl?: number | undefined } | false | undefined
     /** Milliseconds a publish (or a replay read) may wait for Redis before it fails. Default 2000. */
-    publishTimeout?: number
+    publishTimeout?: number | undefined
     /**
      * Milliseconds plugin registration may wait for the first connection before failing with FST_ERR_SSE_ADAPTER.
      * Default 5000: keep it below Fastify's `pluginTimeout` (10000 by default), which would fire first.
      */
-    connectTimeout?: number
+    connectTimeout?: number | undefined
   }
 
   export interface RedisAdapter extends EventSourceAdapter {

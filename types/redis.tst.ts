@@ -29,3 +29,8 @@ test('options', () => {
   expect(redisAdapter({ history: { maxLen: 100, keyTtl: 60_000 }, connectTimeout: 2000 })).type.not.toRaiseError()
   expect<RedisAdapterOptions>().type.not.toBeAssignableFrom({ history: { keyTtl: '1h' } })
 })
+
+test('exactOptionalPropertyTypes: an option may be given as undefined', () => {
+  expect(redisAdapter({ url: process.env.REDIS_URL, client: undefined, history: { maxLen: undefined } })).type.not.toRaiseError()
+  expect(redisAdapter({ url: null })).type.toRaiseError()
+})
