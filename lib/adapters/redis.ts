@@ -136,7 +136,7 @@ class RedisAdapter implements EventSourceAdapter {
     const subscriber = this.#own((user ?? client).duplicate({ enableOfflineQueue: false, lazyConnect: false, autoResubscribe: false }))
     this.#client = client
     this.#subscriber = subscriber
-    if (this.hasHistory) this.#history = new RedisStreamsHistory(client, this.#keys)
+    if (this.hasHistory) this.#history = new RedisStreamsHistory(client, this.#keys, this.#maxLen)
     subscriber.on('message', (channel: string, payload: string) => {
       if (channel === this.messageChannel) this.#onMessage(payload)
       else if (channel === this.claimChannel) this.#onClaim(payload)

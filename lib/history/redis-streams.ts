@@ -155,11 +155,14 @@ export class RedisStreamsHistory {
   #client: Redis
   #key: string
   #keys: StreamKeys
+  #maxLen: number
 
-  constructor (client: Redis, keys: StreamKeys) {
+  /** `maxLen`: what each target stream is trimmed to (only Redis < 7, which records no deleted id, needs it). */
+  constructor (client: Redis, keys: StreamKeys, maxLen = Infinity) {
     this.#client = client
     this.#key = keys.log
     this.#keys = keys
+    this.#maxLen = maxLen
   }
 
   /**
@@ -199,9 +202,11 @@ export class RedisStreamsHistory {
       }
       const info = fields(infoReply as unknown[])
       const deleted = info.get('max-deleted-entry-id')
-      if (placed && typeof deleted === 'string' && isAfter(deleted, lastEventId)) gap = true
-      // A topic history may have been dropped and started again since: it then holds nothing from before the id.
       const first = (info.get('first-entry') as Entry | null | undefined)?.[0]
+      if (placed && typeof deleted === 'string' && isAfter(deleted, lastEventId)) gap = true
+      // Redis 6.2 records no deleted id: a full stream that starts after the id may have trimmed past it.
+      if (placed && deleted === undefined && first !== undefined && isAfter(first, lastEventId) && Number(info.get('length')) >= this.#maxLen) gap = true
+      // A topic history may have been dropped and started again since: it then holds nothing from before the id.
       if (isTopic && droppedSince && (first === undefined || isAfter(first, lastEventId))) gap = true
       let page = value(4 + 2 * i) as Entry[]
       const stream = streams[i]
