@@ -204,11 +204,10 @@ if (redisReady(tap)) {
     t.same(app.eventSources.subscribers('never')[0].replay, { replayed: 0, gap: false })
     t.same(fresh.events, [])
   })
+  test('Redis history options for topics are checked when the adapter is made', async t => {
+    for (const history of [{ topics: 0 }, { topics: 1.5 }, { ttl: 0 }, { ttl: '1h' }]) {
+      t.throws(() => redisAdapter({ history: history as { topics: number } }), { code: 'FST_ERR_SSE_INVALID_OPTION' }, JSON.stringify(history))
+    }
+    t.doesNotThrow(() => redisAdapter({ history: { topics: Infinity, ttl: Infinity } }))
+  })
 }
-
-test('Redis history options for topics are checked when the adapter is made', async t => {
-  for (const history of [{ topics: 0 }, { topics: 1.5 }, { ttl: 0 }, { ttl: '1h' }]) {
-    t.throws(() => redisAdapter({ history: history as { topics: number } }), { code: 'FST_ERR_SSE_INVALID_OPTION' }, JSON.stringify(history))
-  }
-  t.doesNotThrow(() => redisAdapter({ history: { topics: Infinity, ttl: Infinity } }))
-})
