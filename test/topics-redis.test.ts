@@ -6,6 +6,7 @@ import type { PublishTarget } from '../types/index'
 import { prng, sleep } from './helpers/clients'
 import { readEvents, type EventStream } from './helpers/read-events'
 import { Client, Switchboard, portOf, redisClient, redisReady, redisUrl, stored, uniquePrefix } from './helpers/redis'
+import { PrivateRedis, hasRedisServer, subscriberIds } from './helpers/redis-server'
 import { start, until } from './helpers/server'
 
 /** `/sse?id=&topics=a,b`: a source (identified when id is given) following `topics` from the start. */
@@ -204,10 +205,34 @@ if (redisReady(tap)) {
     t.same(app.eventSources.subscribers('never')[0].replay, { replayed: 0, gap: false })
     t.same(fresh.events, [])
   })
+
   test('Redis history options for topics are checked when the adapter is made', async t => {
     for (const history of [{ topics: 0 }, { topics: 1.5 }, { ttl: 0 }, { ttl: '1h' }]) {
       t.throws(() => redisAdapter({ history: history as { topics: number } }), { code: 'FST_ERR_SSE_INVALID_OPTION' }, JSON.stringify(history))
     }
     t.doesNotThrow(() => redisAdapter({ history: { topics: Infinity, ttl: Infinity } }))
+  })
+
+  test('after its subscription is cut, an instance sends the reset to anonymous topic followers too, and follows control messages again (regression)', { skip: hasRedisServer ? false : 'no redis-server to start a private one' }, async t => {
+    const redis = await PrivateRedis.start(t)
+    const name = `fes-topics-${process.pid}`
+    const a = await start(t, routes, { adapter: redisAdapter({ url: `${redis.url}?connectionName=${name}`, channelPrefix: 'cut:', history: false }) })
+    const b = await start(t, routes, { adapter: redisAdapter({ url: redis.url, channelPrefix: 'cut:', history: false }) })
+    const viewer = await open(t, a.url + '/sse?topics=scores')
+    const alice = await open(t, a.url + '/sse?id=alice')
+    await until(() => a.app.eventSources.openStreams === 2)
+    const control = redis.client(t)
+    for (const id of await subscriberIds(control, name)) await control.client('KILL', 'ID', id)
+    await until(() => viewer.events.length === 1 && alice.events.length === 1, 5000, 'the reset events')
+    t.same(viewer.events[0], { event: 'reset', data: '{"lastEventId":null}', id: undefined }, 'the anonymous follower missed topic messages too')
+    // Subscribed again: a control message from B reaches A.
+    for (let attempt = 0; attempt < 100 && a.app.eventSources.subscribers('room:1').length === 0; attempt++) {
+      await b.app.eventSources.subscribe('alice', 'room:1')
+      await sleep(50)
+    }
+    t.equal(a.app.eventSources.subscribers('room:1').length, 1, 'joined through the control channel')
+    await b.app.eventSources.publish('to room 1', { to: { topic: 'room:1' } })
+    await until(() => alice.events.length === 2, 5000, 'the room message')
+    t.equal(alice.events[1].data, 'to room 1')
   })
 }
