@@ -246,9 +246,12 @@ function writeReport (results) {
     out.push('')
   }
 
-  // Topics are measured by their own script (bench/topics.js); its latest results stay in the file.
-  const topics = path.join(__dirname, 'results', 'topics.json')
-  if (fs.existsSync(topics)) out.push(require('./topics').topicsSection(JSON.parse(fs.readFileSync(topics, 'utf8'))))
+  // Written by bench/topics.js, a run of its own.
+  const topics = path.join(__dirname, 'results', 'topics.md')
+  if (fs.existsSync(topics)) {
+    out.push(fs.readFileSync(topics, 'utf8').trim())
+    out.push('')
+  }
 
   const findings = path.join(__dirname, 'findings.md')
   if (fs.existsSync(findings)) {

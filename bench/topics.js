@@ -8,7 +8,8 @@
 //
 //   node bench/topics.js [--n=10000] [--rounds=15] [--singles=2000]    (npm run build first)
 //   node bench/topics.js --report                                      rewrites the section from the last results
-// Writes bench/results/topics.json and the "Topics" section of BENCHMARKS.md.
+// Writes bench/results/topics.json, and the "Topics" section to bench/results/topics.md (report.js includes it) and
+// to BENCHMARKS.md.
 
 const { spawn, execFileSync } = require('node:child_process')
 const fs = require('node:fs')
@@ -141,6 +142,7 @@ async function main () {
 /** Writes the "Topics" section into BENCHMARKS.md: in place, or where report.js puts it (before the findings). */
 function updateBenchmarks (results) {
   const section = topicsSection(results)
+  fs.writeFileSync(path.join(__dirname, 'results', 'topics.md'), section)
   const file = path.join(__dirname, '..', 'BENCHMARKS.md')
   const text = fs.readFileSync(file, 'utf8')
   const start = text.indexOf('\n## Topics\n')
@@ -161,7 +163,7 @@ function num (n) {
   return Number(n).toLocaleString('en-US')
 }
 
-/** The "Topics" section of BENCHMARKS.md, from a results file (report.js keeps it when it rewrites the file). */
+/** The "Topics" section of BENCHMARKS.md, from a results file. */
 function topicsSection (r) {
   const f = r.fanOutCpuMs
   const rel = mode => round(f[mode].median / f.broadcast.median, 2).toFixed(2)

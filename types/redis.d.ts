@@ -16,11 +16,20 @@ declare namespace redisAdapter {
      * Shared Last-Event-ID history in a Redis Stream, replacing the plugin's in-memory one: `{ maxLen }`
      * (default 1000, trimmed approximately with `MAXLEN ~`) or `false` for live delivery only.
      * With history, a published message's id is its stream id (an `id` passed to publish is replaced).
+     * `keyTtl` (ms, default 3600000) bounds how long an idempotency key is remembered, at most as long as
+     * the stream holds its message. With `false`, a client resuming with a Last-Event-ID gets the reset event.
+     * Messages to topics are also kept in one stream per topic (`<prefix>topic:<topic>`), and the rest in
+     * `<prefix>plain`, each trimmed exactly to `maxLen`: a busy topic never evicts another's history.
+     * `topics` (default 1000, or Infinity) bounds how many topic streams are kept, least recently published
+     * dropped first; `ttl` (ms, default 3600000, or Infinity) drops a topic stream idle that long.
      */
-    history?: { maxLen?: number | undefined } | false | undefined
+    history?: { maxLen?: number | undefined, keyTtl?: number | undefined, topics?: number | undefined, ttl?: number | undefined } | false | undefined
     /** Milliseconds a publish (or a replay read) may wait for Redis before it fails. Default 2000. */
     publishTimeout?: number | undefined
-    /** Milliseconds plugin registration may wait for the first connection. Default 10000. */
+    /**
+     * Milliseconds plugin registration may wait for the first connection before failing with FST_ERR_SSE_ADAPTER.
+     * Default 5000: keep it below Fastify's `pluginTimeout` (10000 by default), which would fire first.
+     */
     connectTimeout?: number | undefined
     /**
      * Presence and counts across instances (`eventSources.presence()`, `count()`), or `false` for this instance's
@@ -39,6 +48,8 @@ declare namespace redisAdapter {
     readonly messageChannel: string
     /** `<prefix>claims`: the channel that tells other instances an identifier was opened here. */
     readonly claimChannel: string
+    /** `<prefix>control`: the channel that carries `eventSources.subscribe()` / `unsubscribe()` to other instances. */
+    readonly controlChannel: string
     /** Identifiers following `topic` on every live instance sharing the prefix, each once. */
     presence (topic: string): Promise<string[]>
     /** Open streams on every live instance sharing the prefix (matching `to`). */

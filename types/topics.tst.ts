@@ -10,6 +10,7 @@ import {
   type ReplayResult,
   type TopicTarget
 } from './index'
+import redisAdapter, { type RedisAdapter } from './redis'
 
 const app = Fastify()
 
@@ -82,4 +83,12 @@ test('custom stores and adapters written before topics still fit', () => {
 test('code written before topics still narrows a PublishTarget', () => {
   const to = {} as PublishTarget
   expect(typeof to === 'object' ? to.prefix : to).type.toBe<string>()
+})
+
+test('Redis history options for topics, and the control channel', () => {
+  expect(redisAdapter({ history: { maxLen: 100, topics: 500, ttl: 60_000 } })).type.toBe<RedisAdapter>()
+  expect(redisAdapter({ history: { topics: Infinity, ttl: Infinity } })).type.toBe<RedisAdapter>()
+  expect(redisAdapter({ history: { ttl: '1h' } })).type.toRaiseError()
+  expect(redisAdapter().controlChannel).type.toBe<string>()
+  expect(redisAdapter().control).type.toBe<((message: ControlMessage) => Promise<void>) | undefined>()
 })
