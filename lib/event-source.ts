@@ -5,10 +5,11 @@ import type { Writable } from 'node:stream'
 import { FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD, FST_ERR_SSE_INVALID_HEADER } from './errors'
 import { commentFrame, eventFrame, messageFrame, retryFrame } from './frame'
 import type { ReplayResult } from './history/history'
+import { pipe } from './producer'
 import { checkHeader, STREAM_HEADERS, type Settings } from './options'
 import { PingPolicy, type PingScheduler } from './ping'
 import type { WriteScheduler } from './scheduler'
-import type { CloseReason, HttpRequestEventSource, ReplayInfo, SendOptions } from '../types/index'
+import type { CloseReason, HttpRequestEventSource, ReplayInfo, SendOptions, StreamOptions, StreamSource } from '../types/index'
 
 export type WriteKind = 'message' | 'ping' | 'comment'
 
@@ -152,12 +153,11 @@ export class EventSource implements HttpRequestEventSource {
       // A promise-returning call reports through the promise: `sendAsync(x).catch()` must see a bad field too.
       return Promise.reject(err)
     }
-    if (!sent) return Promise.resolve(false)
-    if (this._queue !== null || this.#out.writableNeedDrain) return new Promise(resolve => { (this.#drainWaiters ??= []).push(resolve) })
-    // Node hands a response's writes to the kernel only at the end of the tick. With a bound under the socket's
-    // high-water mark no write asks for a drain before the bound is passed, so give the socket that turn first.
-    if (this.bufferedAmount * 2 > this.#ctx.settings.maxBufferedBytes) return new Promise(resolve => setImmediate(() => resolve(this.#active)))
-    return Promise.resolve(true)
+    return sent ? this._room() : Promise.resolve(false)
+  }
+
+  stream<T> (source: StreamSource<T>, options?: StreamOptions<T>): Promise<number> {
+    return pipe(this, source, options)
   }
 
   comment (text: string): boolean {
@@ -292,6 +292,16 @@ export class EventSource implements HttpRequestEventSource {
       if (!this.#res.write(chunk)) this.#ctx.scheduler.watchDrain(this)
     }
     if (this._queue !== null) this.#ctx.scheduler.defer(this)
+  }
+
+  /** @internal resolves true once the socket has room for another message, false when the source ends first */
+  _room (): Promise<boolean> {
+    if (!this.#active) return Promise.resolve(false)
+    if (this._queue !== null || this.#out.writableNeedDrain) return new Promise(resolve => { (this.#drainWaiters ??= []).push(resolve) })
+    // Node hands a response's writes to the kernel only at the end of the tick. With a bound under the socket's
+    // high-water mark no write asks for a drain before the bound is passed, so give the socket that turn first.
+    if (this.bufferedAmount * 2 > this.#ctx.settings.maxBufferedBytes) return new Promise(resolve => setImmediate(() => resolve(this.#active)))
+    return Promise.resolve(true)
   }
 
   /** @internal the response's drain event */
