@@ -153,7 +153,9 @@ export class EventSource implements HttpRequestEventSource {
       // A promise-returning call reports through the promise: `sendAsync(x).catch()` must see a bad field too.
       return Promise.reject(err)
     }
-    return sent ? this._room() : Promise.resolve(false)
+    if (!sent) return Promise.resolve(false)
+    const room = this._room()
+    return typeof room === 'boolean' ? Promise.resolve(room) : room
   }
 
   stream<T> (source: StreamSource<T>, options?: StreamOptions<T>): Promise<number> {
@@ -294,14 +296,14 @@ export class EventSource implements HttpRequestEventSource {
     if (this._queue !== null) this.#ctx.scheduler.defer(this)
   }
 
-  /** @internal resolves true once the socket has room for another message, false when the source ends first */
-  _room (): Promise<boolean> {
-    if (!this.#active) return Promise.resolve(false)
+  /** @internal true when the socket has room for another message now, false once the source ended, else a promise of either */
+  _room (): boolean | Promise<boolean> {
+    if (!this.#active) return false
     if (this._queue !== null || this.#out.writableNeedDrain) return new Promise(resolve => { (this.#drainWaiters ??= []).push(resolve) })
     // Node hands a response's writes to the kernel only at the end of the tick. With a bound under the socket's
     // high-water mark no write asks for a drain before the bound is passed, so give the socket that turn first.
     if (this.bufferedAmount * 2 > this.#ctx.settings.maxBufferedBytes) return new Promise(resolve => setImmediate(() => resolve(this.#active)))
-    return Promise.resolve(true)
+    return true
   }
 
   /** @internal the response's drain event */

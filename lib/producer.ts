@@ -7,8 +7,8 @@ import type { SendOptions, StreamMessage, StreamOptions } from '../types/index'
 export interface StreamTarget {
   readonly signal: AbortSignal
   send (data: unknown, options: SendOptions): boolean
-  /** Resolves true once the socket has room for another message, false when the source ends first. */
-  _room (): Promise<boolean>
+  /** True when the socket has room for another message now, false once the source ended, else when either happens. */
+  _room (): boolean | Promise<boolean>
 }
 
 type Step = IteratorResult<unknown>
@@ -24,7 +24,8 @@ interface Producer {
   readonly awaitsItems: boolean
 }
 
-const ENDED = Symbol('ended')
+/** Items pulled in a row without the socket asking to wait, before the loop lets other work run anyway. */
+const TURNS_BEFORE_YIELD = 1024
 
 function ignore (): void {}
 
@@ -102,15 +103,29 @@ function checkOptions (options: unknown): StreamOptions<unknown> | undefined {
  * every message goes through the source's `send`, and the producer is stopped as soon as the source ends.
  * Resolves with the number of messages sent; never closes the source.
  */
-export async function pipe (target: StreamTarget, source: unknown, rawOptions?: unknown): Promise<number> {
-  if (typeof source === 'string') throw invalidSource()
-  const options = checkOptions(rawOptions)
-  const producer = producerOf(source)
+export function pipe (target: StreamTarget, source: unknown, rawOptions?: unknown): Promise<number> {
+  let options: StreamOptions<unknown> | undefined
+  let producer: Producer
+  try {
+    if (typeof source === 'string') throw invalidSource()
+    options = checkOptions(rawOptions)
+    producer = producerOf(source)
+  } catch (err) {
+    return Promise.reject(err)
+  }
+  const signal = target.signal
+  if (signal.aborted) {
+    producer.stop(signal.reason)
+    return Promise.resolve(0)
+  }
   const event = options?.event
   const map = options?.map
+  // One options object for every message that map does not make: send() only reads it.
+  const plain: SendOptions | undefined = event === undefined ? undefined : { event }
   let decoder: TextDecoder | undefined
   let sent = 0
   let finished = false
+  let settled = false
 
   const write = (item: unknown): void => {
     let data = item
@@ -119,7 +134,7 @@ export async function pipe (target: StreamTarget, source: unknown, rawOptions?: 
       data = (decoder ??= new TextDecoder()).decode(item, { stream: true })
       if (data === '') return
     }
-    let message: SendOptions = { event }
+    let message = plain
     if (map !== undefined) {
       const mapped = map(data) as StreamMessage | undefined
       if (mapped === undefined) return
@@ -127,51 +142,62 @@ export async function pipe (target: StreamTarget, source: unknown, rawOptions?: 
       data = mapped.data
       message = { event: mapped.event ?? event, id: mapped.id, retry: mapped.retry }
     }
-    if (target.send(data, message)) sent++
+    if (target.send(data, message as SendOptions)) sent++
   }
 
-  // The pending pull, raced against the end of the source without leaving a reaction behind per item.
-  let wake: ((value: typeof ENDED) => void) | undefined
-  const pull = (pending: PromiseLike<unknown>): Promise<unknown> => new Promise((resolve, reject) => {
-    wake = resolve
-    pending.then(resolve, reject)
-  })
-  const signal = target.signal
-  const onEnd = (): void => {
-    producer.stop(signal.reason)
-    wake?.(ENDED)
-  }
-  if (signal.aborted) {
-    producer.stop(signal.reason)
-    return 0
-  }
-  signal.addEventListener('abort', onEnd, { once: true })
-  try {
+  // Each await may outlive the source: once settled, whatever the producer does next is ignored.
+  const loop = async (): Promise<void> => {
+    let turns = 0
     for (;;) {
-      if (!await target._room()) break
-      let step = producer.next() as Step | typeof ENDED
-      if (isThenable(step)) step = await pull(step) as Step | typeof ENDED
-      if (step === ENDED) break
+      let room = target._room()
+      if (typeof room !== 'boolean') {
+        room = await room
+        turns = 0
+      } else if (++turns === TURNS_BEFORE_YIELD) {
+        // A producer whose items write nothing (all skipped by map) and never wait would otherwise hold the loop.
+        turns = 0
+        await new Promise(setImmediate)
+      }
+      if (!room || settled) return
+      let step = producer.next()
+      if (isThenable(step)) step = await step
+      if (settled) return
       if (step.done === true) {
         finished = true
         producer.done()
         const rest = decoder?.decode()
         if (rest !== undefined && rest !== '') write(rest)
-        break
+        return
       }
       let item = step.value
       if (producer.awaitsItems && isThenable(item)) {
-        item = await pull(item)
-        if (item === ENDED) break
+        item = await item
+        if (settled) return
       }
       write(item)
     }
-  } catch (err) {
-    if (!finished) producer.stop(err)
-    throw err
-  } finally {
-    wake = undefined
-    signal.removeEventListener('abort', onEnd)
   }
-  return sent
+
+  return new Promise<number>((resolve, reject) => {
+    const onEnd = (): void => {
+      if (settled) return
+      settled = true
+      // The stream() promise does not wait for the producer: one awaiting something it never gets would hold it.
+      producer.stop(signal.reason)
+      resolve(sent)
+    }
+    signal.addEventListener('abort', onEnd, { once: true })
+    loop().then(() => {
+      if (settled) return
+      settled = true
+      signal.removeEventListener('abort', onEnd)
+      resolve(sent)
+    }, err => {
+      if (settled) return
+      settled = true
+      signal.removeEventListener('abort', onEnd)
+      if (!finished) producer.stop(err)
+      reject(err)
+    })
+  })
 }

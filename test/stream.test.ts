@@ -474,3 +474,23 @@ test('stream() on a source that already ended resolves 0 and stops the producer'
   t.same(await (await first(opened)).result, { sent: 0 })
   await until(() => stopped.length === 1, 3000, 'the readable to be destroyed')
 })
+
+test('an endless producer whose items are all skipped does not hold the event loop: close() still reaches it', async t => {
+  let finallyRan = false
+  const { url, opened } = await serve(t, async sse => {
+    sse.flush()
+    return sse.stream((function * () {
+      try {
+        for (;;) yield 1
+      } finally {
+        finallyRan = true
+      }
+    })(), { map: () => undefined })
+  })
+  await openRaw(t, url + '/sse')
+  const { sse, result } = await first(opened)
+  await sleep(20)
+  sse.close()
+  t.same(await result, { sent: 0 })
+  t.equal(finallyRan, true)
+})
