@@ -6,7 +6,7 @@ import type { SendOptions, StreamMessage, StreamOptions } from '../types/index'
 /** What the pull loop needs from a source: its one way to send, its room signal and its end. */
 export interface StreamTarget {
   readonly signal: AbortSignal
-  send (data: unknown, options: SendOptions): boolean
+  send (data: unknown, options?: SendOptions): boolean
   /** True when the socket has room for another message now, false once the source ended, else when either happens. */
   _room (): boolean | Promise<boolean>
 }
@@ -142,7 +142,7 @@ export function pipe (target: StreamTarget, source: unknown, rawOptions?: unknow
       data = mapped.data
       message = { event: mapped.event ?? event, id: mapped.id, retry: mapped.retry }
     }
-    if (target.send(data, message as SendOptions)) sent++
+    if (target.send(data, message)) sent++
   }
 
   // Each await may outlive the source: once settled, whatever the producer does next is ignored.

@@ -494,3 +494,14 @@ test('an endless producer whose items are all skipped does not hold the event lo
   t.same(await result, { sent: 0 })
   t.equal(finallyRan, true)
 })
+
+test('with batch: true, items wait for each flush and arrive whole and in order', async t => {
+  const ITEMS = 500
+  const { url, opened } = await serve(t, sse => sse.stream((async function * () {
+    for (let i = 0; i < ITEMS; i++) yield String(i)
+  })()), { batch: true })
+  const raw = await openRaw(t, url + '/sse')
+  t.same(await (await first(opened)).result, { sent: ITEMS })
+  await until(() => raw.events.length === ITEMS, 5000, 'every event')
+  t.same(data(raw), Array.from({ length: ITEMS }, (_, i) => String(i)))
+})
