@@ -1,6 +1,10 @@
+import http2 from 'node:http2'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { createParser, type EventSourceMessage } from 'eventsource-parser'
+import Fastify, { type FastifyInstance } from 'fastify'
 import { test } from 'tap'
+import eventSources from '../lib/index'
 import type { FastifyEventSourcesOptions, HttpRequestEventSource } from '../types/index'
 import { ChunkedReader, EventLog, stalledClient, tick } from './helpers/clients'
 import { openRaw, type Raw } from './helpers/raw'
@@ -504,4 +508,51 @@ test('with batch: true, items wait for each flush and arrive whole and in order'
   t.same(await (await first(opened)).result, { sent: ITEMS })
   await until(() => raw.events.length === ITEMS, 5000, 'every event')
   t.same(data(raw), Array.from({ length: ITEMS }, (_, i) => String(i)))
+})
+
+test('over HTTP/2, the pull follows the stream\'s flow control: a client that pauses then resumes gets every item in order', async t => {
+  const ITEMS = 3000
+  let pulls = 0
+  const app = Fastify({ http2: true }) as unknown as FastifyInstance
+  await app.register(eventSources)
+  let outcome: Promise<number> | undefined
+  let source: HttpRequestEventSource | undefined
+  app.get('/sse', async request => {
+    const sse = request.getEventSource()
+    source = sse
+    outcome = sse.stream((function * () {
+      for (let i = 0; i < ITEMS; i++) {
+        pulls++
+        yield `${i} ${'h'.repeat(1000)}`
+      }
+    })())
+    await outcome
+    await sse.keepAlive()
+  })
+  t.teardown(() => app.close())
+  const url = await app.listen({ port: 0, host: '127.0.0.1' })
+  const session = http2.connect(url)
+  session.on('error', () => {})
+  t.teardown(() => { session.destroy() })
+  const stream = session.request({ ':path': '/sse', accept: 'text/event-stream' })
+  stream.on('error', () => {})
+  const events: EventSourceMessage[] = []
+  const parser = createParser({ onEvent: event => events.push(event) })
+  stream.setEncoding('utf8')
+  stream.pause()
+  await until(() => outcome !== undefined, 3000, 'the stream to open')
+  let last = -1
+  let still = 0
+  await until(() => {
+    still = pulls === last ? still + 1 : 0
+    last = pulls
+    return still >= 20
+  }, 10_000, 'the producer to stop being pulled')
+  t.ok(pulls < ITEMS, `a paused HTTP/2 stream holds the producer back (${pulls} of ${ITEMS} pulled)`)
+  stream.on('data', (text: string) => parser.feed(text))
+  stream.resume()
+  t.equal(await outcome, ITEMS)
+  await until(() => events.length === ITEMS, 10_000, 'every event')
+  t.ok(events.every((e, i) => e.data.startsWith(`${i} `)), 'in order')
+  t.equal(source?.closeReason, undefined)
 })
