@@ -556,3 +556,22 @@ test('over HTTP/2, the pull follows the stream\'s flow control: a client that pa
   t.ok(events.every((e, i) => e.data.startsWith(`${i} `)), 'in order')
   t.equal(source?.closeReason, undefined)
 })
+
+test('a handler that lets a producer\'s error escape has its stream ended, as for any handler error', async t => {
+  let source: HttpRequestEventSource | undefined
+  const { url } = await start(t, app => {
+    app.get('/sse', async request => {
+      const sse = request.getEventSource()
+      source = sse
+      await sse.stream((async function * () {
+        yield 'before'
+        throw new Error('model unavailable')
+      })())
+      await sse.keepAlive()
+    })
+  })
+  const raw = await openRaw(t, url + '/sse')
+  await until(() => raw.ended, 3000, 'the end of the stream')
+  t.same(data(raw), ['before'])
+  t.equal(source?.closeReason, 'error')
+})
