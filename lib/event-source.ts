@@ -369,9 +369,12 @@ export class EventSource implements HttpRequestEventSource {
     if (!this.#active) return false
     if (this.bufferedAmount * 2 <= this.#ctx.settings.maxBufferedBytes) return true
     const signal = this.signal
+    // No drain is awaited, so nothing else would start the drainTimeout clock for a client that stopped reading.
+    this.#ctx.scheduler.watchDrain(this)
     return new Promise(resolve => {
       const done = (err?: Error | null): void => {
         signal.removeEventListener('abort', onEnd)
+        if (!this.#out.writableNeedDrain) this.#ctx.scheduler.unwatchDrain(this)
         resolve(err == null && this.#active)
       }
       const onEnd = (): void => { done() }
