@@ -2,6 +2,8 @@ import { test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import type { EventSourceAdapter, LocalPresence } from '../types/index'
 import { LocalAdapter } from '../lib/adapters/local'
+import eventSources from '../lib/index'
+import { buildDemo } from '../examples/app'
 import { openRaw } from './helpers/raw'
 import { start, until } from './helpers/server'
 
@@ -146,4 +148,22 @@ test('the presence listener hears each open, identifier and topic change, and no
   await openRaw(t, url + path('bob', ['room:1']))
   await until(() => app.eventSources.openStreams === 1)
   t.equal(changes.length, before)
+})
+
+test('the demo answers who is in a room', async t => {
+  const app = buildDemo({ plugin: eventSources, clockInterval: 60_000 })
+  t.teardown(() => app.close())
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const url = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`
+  await openRaw(t, url + '/events?tab=ann')
+  await openRaw(t, url + '/events?tab=bob')
+  await until(() => app.eventSources.activeConnections === 2)
+  for (const tab of ['ann', 'bob']) {
+    const joined = await app.inject({ method: 'POST', url: '/rooms/dev/join', payload: { tab } })
+    t.equal(joined.statusCode, 200)
+  }
+  await app.inject({ method: 'POST', url: '/rooms/dev/leave', payload: { tab: 'bob' } })
+  const here = await app.inject('/rooms/dev/presence')
+  t.same(here.json(), { room: 'dev', tabs: ['ann'], streams: 1 })
+  t.equal((await app.inject('/rooms/nowhere/presence')).statusCode, 404)
 })
