@@ -239,20 +239,13 @@ function writeReport (results) {
     out.push('')
   }
 
-  // Written by bench/stalled-memory.js and bench/stream.js, runs of their own.
-  for (const name of ['stalled-memory.md', 'stream.md']) {
+  // Written by bench/stalled-memory.js, bench/stream.js and bench/topics.js, runs of their own.
+  for (const name of ['stalled-memory.md', 'stream.md', 'topics.md']) {
     const file = path.join(__dirname, 'results', name)
     if (fs.existsSync(file)) {
       out.push(fs.readFileSync(file, 'utf8').trim())
       out.push('')
     }
-  }
-
-  // Written by bench/topics.js, a run of its own.
-  const topics = path.join(__dirname, 'results', 'topics.md')
-  if (fs.existsSync(topics)) {
-    out.push(fs.readFileSync(topics, 'utf8').trim())
-    out.push('')
   }
 
   const findings = path.join(__dirname, 'findings.md')

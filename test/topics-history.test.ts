@@ -115,3 +115,15 @@ test('a topic dropped and published to again still reports what it lost (regress
   t.same([replay.gap, replay.messages.map(m => m.data)], [true, ['t3']], 't2 was lost with the dropped history')
   t.equal(store.readAfter('1-3', undefined, ['t']).gap, false, 'nothing of t was lost after 1-3')
 })
+
+test('an explicit id is found in O(1) while its message is held, and forgotten after', async t => {
+  const store = new MemoryTopicHistory({ size: 2, epoch: 5 })
+  store.append({ data: 'one', to: to(['a', 'b']), id: 'order-1' })
+  store.append({ data: 'a2', to: to('a') })
+  store.append({ data: 'a3', to: to('a') })
+  t.same(store.readAfter('order-1', undefined, ['b']), { messages: [], gap: false, latestId: '5-3', position: '5-3' }, 'still held by b')
+  store.append({ data: 'b2', to: to('b') })
+  store.append({ data: 'b3', to: to('b') })
+  const replay = store.readAfter('order-1', undefined, ['b'])
+  t.same([replay.gap, replay.messages.map(m => m.data)], [true, ['b2', 'b3']], 'no ring holds it: it cannot place the client')
+})

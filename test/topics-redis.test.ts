@@ -235,4 +235,18 @@ if (redisReady(tap)) {
     await until(() => alice.events.length === 2, 5000, 'the room message')
     t.equal(alice.events[1].data, 'to room 1')
   })
+
+  test('a smaller maxLen on a running cluster trims a long stream in one publish (regression: Lua unpack limit)', async t => {
+    const prefix = uniquePrefix(t)
+    const redis = redisClient(t)
+    const big = await instance(t, prefix, { history: { maxLen: 12_000 } })
+    for (let n = 0; n < 12_000; n += 500) {
+      await Promise.all(Array.from({ length: 500 }, (_, k) => big.app.eventSources.publish(`m${n + k}`, { to: { topic: 't' } })))
+    }
+    const small = await instance(t, prefix, { history: { maxLen: 10 } })
+    await small.app.eventSources.publish('last', { to: { topic: 't' } })
+    const held = await stored(redis, prefix, 'topic:t')
+    t.equal(held.length, 10)
+    t.equal(held.at(-1)?.[1], 'last')
+  })
 }

@@ -64,11 +64,22 @@
 
   const roomsReady = fetch('/rooms').then(res => res.json()).then(({ rooms }) => rooms, () => [])
 
+  // The page's connection: the plugin's browser client (`on`, `onOpen`) or a plain EventSource.
+  function listen (connection, name, handler) {
+    if (typeof connection.on === 'function') connection.on(name, (_data, event) => handler(event))
+    else connection.addEventListener(name, handler)
+  }
+
+  function onOpen (connection, handler) {
+    if (typeof connection.onOpen === 'function') connection.onOpen(handler)
+    else connection.addEventListener('open', handler)
+  }
+
   window.demoRooms = {
-    attach (es, record) {
+    attach (connection, record) {
       let catchingUp = true
-      es.addEventListener('open', () => { catchingUp = true })
-      es.addEventListener('hello', event => {
+      onOpen(connection, () => { catchingUp = true })
+      listen(connection, 'hello', event => {
         const hello = JSON.parse(event.data)
         tab = hello.tab
         joined.clear()
@@ -76,7 +87,7 @@
         roomsReady.then(render)
         catchingUp = false
       })
-      es.addEventListener('room', event => {
+      listen(connection, 'room', event => {
         record('room', event, { replayed: catchingUp })
         addRoomMessage(JSON.parse(event.data), catchingUp)
       })

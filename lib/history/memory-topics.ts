@@ -64,14 +64,6 @@ class Ring {
     }
     for (let i = lo; i < this.items.length; i++) out.push(this.at(i))
   }
-
-  findId (id: string): number {
-    for (let i = this.items.length - 1; i >= 0; i--) {
-      const held = this.at(i)
-      if (held.message.id === id) return held.seq
-    }
-    return -1
-  }
 }
 
 /**
@@ -94,6 +86,8 @@ export class MemoryTopicHistory implements HistoryStore {
   #dropped = 0
   /** Idempotency keys of held messages → their ids. */
   #keys = new Map<string, string>()
+  /** Ids given to publish, of held messages → their seq: what places a Last-Event-ID that is not a position. */
+  #explicit = new Map<string, number>()
 
   constructor (options: MemoryTopicHistoryOptions = {}) {
     this.size = options.size ?? HISTORY_DEFAULTS.size
@@ -119,6 +113,7 @@ export class MemoryTopicHistory implements HistoryStore {
     message.position = position
     this.#latestId = id
     if (key !== undefined) this.#keys.set(key, id)
+    if (message.id !== undefined) this.#explicit.set(id, seq)
     const topics = topicsOf(message.to)
     if (topics === undefined) {
       this.#release(this.#plain.push(held, this.size))
@@ -189,13 +184,7 @@ export class MemoryTopicHistory implements HistoryStore {
       if (seq <= this.#seq) return seq
     }
     // An id given to publish: only its message, if still held, can place it.
-    let seq = this.#plain.findId(lastEventId)
-    if (seq >= 0) return seq
-    for (const ring of this.#topics.values()) {
-      seq = ring.findId(lastEventId)
-      if (seq >= 0) return seq
-    }
-    return -1
+    return this.#explicit.get(lastEventId) ?? -1
   }
 
   #expire (now: number): void {
@@ -211,12 +200,14 @@ export class MemoryTopicHistory implements HistoryStore {
     const [topic, ring] = this.#topics.entries().next().value as [string, Ring]
     this.#topics.delete(topic)
     if (ring.last > this.#dropped) this.#dropped = ring.last
-    if (this.#keys.size > 0) for (const held of ring.items) this.#release(held)
+    if (this.#keys.size > 0 || this.#explicit.size > 0) for (const held of ring.items) this.#release(held)
   }
 
-  /** A ring let go of a message: once none holds it, its key is forgotten. */
+  /** A ring let go of a message: once none holds it, its key and its explicit id are forgotten. */
   #release (held: Held | undefined): void {
-    if (held === undefined || --held.rings > 0 || held.key === undefined) return
-    if (this.#keys.get(held.key) === held.message.id) this.#keys.delete(held.key)
+    if (held === undefined || --held.rings > 0) return
+    const { id, position } = held.message
+    if (held.key !== undefined && this.#keys.get(held.key) === id) this.#keys.delete(held.key)
+    if (id !== position && this.#explicit.get(id as string) === held.seq) this.#explicit.delete(id as string)
   }
 }

@@ -61,11 +61,12 @@ for i = 6, #KEYS do
   local added = redis.pcall('XADD', KEYS[i], id, 'm', ARGV[2])
   if not (type(added) == 'table' and added.err) then
     local over = redis.call('XLEN', KEYS[i]) - maxLen
-    if over > 0 then
-      local old = redis.call('XRANGE', KEYS[i], '-', '+', 'COUNT', over)
+    while over > 0 do
+      local old = redis.call('XRANGE', KEYS[i], '-', '+', 'COUNT', math.min(over, 1000))
       local ids = {}
       for j = 1, #old do ids[j] = old[j][1] end
       redis.call('XDEL', KEYS[i], unpack(ids))
+      over = over - #old
     end
   end
 end
