@@ -101,3 +101,11 @@ test('EventMessage: one message of a map as a value, for producers that yield se
   expect<{ event: 'nope', data: string }>().type.not.toBeAssignableTo<EventMessage<ChatEvents>>()
   expect<{ data: { text: string } }>().type.not.toBeAssignableTo<EventMessage<NoMessageEvents>>()
 })
+
+test('a typed source is still a source: it goes where an untyped one is expected, and a registry lookup can be typed by a cast', () => {
+  const typed = {} as HttpRequestEventSource<ChatEvents>
+  expect(typed).type.toBeAssignableTo<HttpRequestEventSource>()
+  const found = app.eventSources.getByIdentifier('user-1') as HttpRequestEventSource<ChatEvents> | undefined
+  expect(found?.send({ from: 'ann' }, { event: 'typing' })).type.toBe<boolean | undefined>()
+  expect(found?.send({ from: 'ann' }, { event: 'feed' })).type.toRaiseError()
+})
