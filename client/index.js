@@ -41,6 +41,8 @@ class Connection {
       this.#lastEventId = event.lastEventId
       this.#write(event.lastEventId)
     }
+    // The reset event carries the newest id the server holds: the resume point even if the page ignores it.
+    this.#track('reset', +1)
     const endEvent = options.endEvent === undefined ? 'end' : options.endEvent
     const terminateEvent = options.terminateEvent ?? false
     // Registered before any handler, so every handler sees the new lastEventId; close() does not stop the

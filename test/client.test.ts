@@ -189,6 +189,25 @@ test('a stored id the history no longer holds gives on(\'reset\') with the id as
   t.equal(chat.readyState, 1, 'a reset does not close')
 })
 
+test('the reset event\'s id becomes the resume point even when the page has no reset handler', async t => {
+  const { app, url } = await serve(t, async request => {
+    const sse = request.getEventSource('u')
+    await sse.keepAlive()
+    return sse.close()
+  })
+  await app.eventSources.publish('held')
+  const storage = new MemoryStorage()
+  storage.setItem('fastify-event-sources:' + url, '1-0')
+  const chat = open<ChatEvents>(t, url, { storage })
+  const got: string[] = []
+  chat.on('message', data => { got.push(data) })
+  await until(() => got.length === 1, 3000, 'the held message')
+  t.same(got, ['held'])
+  t.match(chat.lastEventId, /^\d+-\d+$/)
+  t.not(chat.lastEventId, '1-0')
+  t.equal(storage.getItem('fastify-event-sources:' + url), chat.lastEventId)
+})
+
 test('the end event closes for good: its handlers run, then onClose(\'end\'), and no reconnect', async t => {
   const { url, seen } = await serve(t, async request => {
     const sse = request.getEventSource()
