@@ -50,11 +50,9 @@ class Connection {
     if (endEvent !== false) this.#closeOn(endEvent, 'end')
     if (terminateEvent !== false) this.#closeOn(terminateEvent, 'terminate')
 
-    this.#source.addEventListener('open', () => {
-      for (const handler of this.#openers) handler()
-    })
+    this.#source.addEventListener('open', () => callEach(this.#openers))
     this.#source.addEventListener('error', event => {
-      for (const handler of this.#errorHandlers) handler(event)
+      callEach(this.#errorHandlers, event)
       // The browser gave up (a 204, another status, a wrong content type): it never reconnects now.
       if (this.#source.readyState === CLOSED) this.#finish('failed')
     })
@@ -121,9 +119,7 @@ class Connection {
     this.#closeReason = reason
     this.#source.close()
     // A task later: the handlers of the event that closed the connection run first.
-    setTimeout(() => {
-      for (const handler of this.#closers) handler(reason)
-    }, 0)
+    setTimeout(() => callEach(this.#closers, reason), 0)
   }
 
   // One id tracker per event name that has a handler: an event nobody listens to cannot be observed.
@@ -200,4 +196,15 @@ function subscribe (set, handler) {
   const entry = arg => handler(arg)
   set.add(entry)
   return () => { set.delete(entry) }
+}
+
+// As an event listener's error is: reported, without keeping the other handlers (or the close) from running.
+function callEach (handlers, arg) {
+  for (const handler of handlers) {
+    try {
+      handler(arg)
+    } catch (err) {
+      queueMicrotask(() => { throw err })
+    }
+  }
 }
