@@ -89,3 +89,14 @@ test('options', () => {
 function sessionStorageLike (): { getItem (key: number): string } {
   return { getItem: () => '' }
 }
+
+test('one map serves the server and the page', () => {
+  interface Shared { feed: { text: string }, end: { reason: 'done' } }
+  const page = connect<Shared>('/run')
+  page.on('feed', data => { expect(data).type.toBe<{ text: string }>() })
+  page.on('end', data => { expect(data).type.toBe<{ reason: 'done' }>() })
+  const server = {} as import('./index').HttpRequestEventSource<Shared>
+  expect(server.send({ text: 'x' }, { event: 'feed' })).type.toBe<boolean>()
+  expect(server.send({ reason: 'done' }, { event: 'end' })).type.toBe<boolean>()
+  expect(server.send({ reason: 'other' }, { event: 'end' })).type.toRaiseError()
+})
