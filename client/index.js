@@ -175,11 +175,14 @@ function parseJson (data) {
   }
 }
 
+// Replaces a parameter of that name already in the URL: a repeated one would reach the server as an array.
 function withQuery (url, name, value) {
   const hash = url.indexOf('#')
   const base = hash === -1 ? url : url.slice(0, hash)
-  const separator = base.includes('?') ? '&' : '?'
-  return base + separator + encodeURIComponent(name) + '=' + encodeURIComponent(value) + (hash === -1 ? '' : url.slice(hash))
+  const mark = base.indexOf('?')
+  const params = new URLSearchParams(mark === -1 ? '' : base.slice(mark + 1))
+  params.set(name, value)
+  return (mark === -1 ? base : base.slice(0, mark)) + '?' + params + (hash === -1 ? '' : url.slice(hash))
 }
 
 function sessionStorageOrUndefined () {

@@ -169,8 +169,10 @@ test('storageKey names the key; storage: false keeps nothing; lastEventIdQuery: 
   t.equal(withQuery.url, url + '?room=a&lastEventId=5')
   const unstored = open<ChatEvents>(t, url, { storage: false, lastEventId: '7' })
   t.equal(unstored.url, url + '?lastEventId=7', 'an explicit id needs no storage')
-  await until(() => seen.length === 4)
-  t.same(seen.slice(2).map(s => s.query.lastEventId), ['5', '7'])
+  const replaced = open<ChatEvents>(t, url + '?lastEventId=1&room=a#top', { storage: false, lastEventId: '8' })
+  t.equal(replaced.url, url + '?lastEventId=8&room=a#top', 'a parameter of that name is replaced, not repeated')
+  await until(() => seen.length === 5)
+  t.same(seen.slice(2).map(s => s.query.lastEventId).sort(), ['5', '7', '8'])
 })
 
 test('a stored id the history no longer holds gives on(\'reset\') with the id asked for', async t => {
