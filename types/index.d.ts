@@ -13,6 +13,7 @@ declare module 'fastify' {
      * source is registered in `fastify.eventSources` and closes any older source with the same identifier.
      * @throws FST_ERR_SSE_ALREADY_STREAMING on a second call for the same request
      * @throws FST_ERR_SSE_TOO_MANY_CONNECTIONS (503, with Retry-After set) beyond a connection limit
+     * @throws FST_ERR_SSE_ADAPTER on a route of a context made before the plugin was registered
      * @typeParam Events an event map (event name → data type) that `send` checks; untyped when absent
      */
     getEventSource<Events extends object = fastifyEventSources.AnyEvents> (identifier?: string): fastifyEventSources.HttpRequestEventSource<Events>
@@ -29,11 +30,11 @@ declare namespace fastifyEventSources {
 
   export interface SendOptions {
     /** Event name (`addEventListener(event, ...)` on the client). No CR, LF or NUL. */
-    event?: string
+    event?: string | undefined
     /** Event id; the client sends it back as Last-Event-ID. `''` resets it. No CR, LF or NUL. */
-    id?: string
+    id?: string | undefined
     /** Reconnection delay in ms for the client; a non-negative integer. */
-    retry?: number
+    retry?: number | undefined
   }
 
   /**
@@ -71,12 +72,12 @@ declare namespace fastifyEventSources {
   export type PublishTarget = string | { prefix: string }
 
   export interface PublishOptions extends SendOptions {
-    to?: PublishTarget
+    to?: PublishTarget | undefined
   }
 
   export interface BroadcastOptions extends SendOptions {
     /** Only sources whose identifier passes receive the message. */
-    filter?: (identifier: string) => boolean
+    filter?: ((identifier: string) => boolean) | undefined
   }
 
   export interface ReplayInfo {
@@ -138,7 +139,10 @@ declare namespace fastifyEventSources {
      * @throws FST_ERR_SSE_INVALID_FIELD for a bad event, id or retry; FST_ERR_SSE_SERIALIZATION if serializing fails
      */
     send (...args: EventArgs<Events>): boolean
-    /** As send, resolving true once the socket took the message and needs no drain; false if the source ends first. */
+    /**
+     * As send, resolving true once the socket took the message and needs no drain (past half of maxBufferedBytes,
+     * once what is buffered has reached the kernel); false if the source ends first.
+     */
     sendAsync (...args: EventArgs<Events>): Promise<boolean>
     /** Writes a comment (`: text`), invisible to the client's handlers. */
     comment (text: string): boolean
@@ -240,39 +244,39 @@ declare namespace fastifyEventSources {
 
   export interface FastifyEventSourcesOptions {
     /** Turns non-string data into text. Default JSON.stringify. */
-    serializer?: (value: unknown) => string
+    serializer?: ((value: unknown) => string) | undefined
     /** Sent as `retry:` when a stream opens (ms). */
-    retry?: number
+    retry?: number | undefined
     /** A ping policy started on every source; off by default. */
-    ping?: { interval?: number, dataMessage?: string } | false
+    ping?: { interval?: number | undefined, dataMessage?: string | undefined } | false | undefined
     /** Extra headers for every stream. */
-    headers?: Record<string, string>
+    headers?: Record<string, string> | undefined
     /** Bound on what one source may hold unsent (socket buffer + queue). Default 1 MiB. */
-    maxBufferedBytes?: number
+    maxBufferedBytes?: number | undefined
     /** Past maxBufferedBytes: 'close' ends the source (default), 'drop' discards the new message. */
-    slowClient?: 'close' | 'drop'
+    slowClient?: 'close' | 'drop' | undefined
     /** A source waiting for drain longer than this (ms) is ended. Default 30000. */
-    drainTimeout?: number
+    drainTimeout?: number | undefined
     /** Open streams per instance, identified or not. Default unlimited. */
-    maxConnections?: number
+    maxConnections?: number | undefined
     /** Open streams per connectionKey. Default unlimited. */
-    maxConnectionsPerKey?: number
+    maxConnectionsPerKey?: number | undefined
     /** The key counted by maxConnectionsPerKey. Default the client IP. */
-    connectionKey?: (request: FastifyRequest) => string
+    connectionKey?: ((request: FastifyRequest) => string) | undefined
     /** Last-Event-ID history for publish: `{ size }` (default 1000) or false. Ignored with an adapter that brings its own. */
-    history?: { size?: number } | false
+    history?: { size?: number | undefined } | false | undefined
     /** Event name sent first when a Last-Event-ID is not in history. Default 'reset'. */
-    resetEvent?: string
+    resetEvent?: string | undefined
     /** How publish reaches other instances. Default: this process only. */
-    adapter?: EventSourceAdapter
+    adapter?: EventSourceAdapter | undefined
     /** Coalesce writes: every source's messages of one tick go out in one socket write. Default false. */
-    batch?: boolean
+    batch?: boolean | undefined
     /** Longest a fan-out (broadcast, publish, ping round) blocks the event loop before yielding, in ms. Default 50. */
-    fanOutSlice?: number
+    fanOutSlice?: number | undefined
     /** On fastify.close(), how long (ms) ended streams may take to flush before their sockets are cut. Default 1000. */
-    closeGrace?: number
+    closeGrace?: number | undefined
     /** Also read the last event id from this query parameter when the header is absent. Off by default. */
-    lastEventIdQuery?: string | false
+    lastEventIdQuery?: string | false | undefined
   }
 
   /** The in-memory ring the default adapter keeps history in. */
