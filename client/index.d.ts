@@ -65,30 +65,30 @@ export interface StorageLike {
 
 export interface ConnectOptions {
   /** The EventSource class. Default `globalThis.EventSource`; in Node, undici's `EventSource`. */
-  EventSource?: EventSourceConstructor
+  EventSource?: EventSourceConstructor | undefined
   /** Sends cookies cross-origin (`new EventSource(url, { withCredentials })`). Default false. */
-  withCredentials?: boolean
+  withCredentials?: boolean | undefined
   /**
    * How a handler's data is made from the text received. `true` (default): `JSON.parse`, and the text itself
    * when it is not JSON (the server sends strings as they are and serializes other values), `undefined` for
    * an empty data field. `false`: the text. A function: your own (for a custom server serializer).
    */
-  parse?: boolean | ((data: string, event: string) => unknown)
+  parse?: boolean | ((data: string, event: string) => unknown) | undefined
   /**
    * The query parameter that carries the stored last id when the connection opens (the server's
    * `lastEventIdQuery` option must name the same). `false` sends none. Default `'lastEventId'`.
    */
-  lastEventIdQuery?: string | false
+  lastEventIdQuery?: string | false | undefined
   /** Where the last id is kept across reloads. Default `sessionStorage` (when readable); `false` keeps none. */
-  storage?: StorageLike | false
+  storage?: StorageLike | false | undefined
   /** The storage key. Default `'fastify-event-sources:' + url`, so each stream URL resumes on its own. */
-  storageKey?: string
+  storageKey?: string | undefined
   /** Resume from this id instead of the stored one. */
-  lastEventId?: string
+  lastEventId?: string | undefined
   /** The run's final event: it closes the connection for good. Default `'end'`; `false` for none. */
-  endEvent?: string | false
+  endEvent?: string | false | undefined
   /** An event that closes the connection for good (e.g. `'terminate'`). Default none. */
-  terminateEvent?: string | false
+  terminateEvent?: string | false | undefined
 }
 
 /** One connection. `Events` (an event map: name → data type) types `on()`. */

@@ -56,7 +56,7 @@ declare namespace fastifyEventSources {
 
   type NamedEventArgs<Data, K extends string, Options extends SendOptions> =
     K extends 'message'
-      ? (undefined extends Data ? [data?: Data, options?: Options & { event?: K }] : [data: Data, options?: Options & { event?: K }])
+      ? (undefined extends Data ? [data?: Data, options?: Options & { event?: K | undefined }] : [data: Data, options?: Options & { event?: K | undefined }])
       : [data: Data, options: Options & { event: K }]
 
   /**
@@ -66,7 +66,7 @@ declare namespace fastifyEventSources {
   export type EventMessage<Events extends object, Options extends SendOptions = SendOptions> =
     string extends keyof Events
       ? Options & { data?: unknown }
-      : { [K in keyof Events & string]: Omit<Options, 'event'> & { data: Events[K] } & (K extends 'message' ? { event?: K } : { event: K }) }[keyof Events & string]
+      : { [K in keyof Events & string]: Omit<Options, 'event'> & { data: Events[K] } & (K extends 'message' ? { event?: K | undefined } : { event: K }) }[keyof Events & string]
 
   /** Who a published message is for: one identifier, every identifier with a prefix, or (absent) every identified source. */
   export type PublishTarget = string | { prefix: string }
