@@ -5,6 +5,7 @@ import type { Writable } from 'node:stream'
 import { FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD, FST_ERR_SSE_INVALID_HEADER } from './errors'
 import { commentFrame, eventFrame, messageFrame, retryFrame } from './frame'
 import type { ReplayResult } from './history/history'
+import type { Metrics } from './metrics'
 import { checkHeader, STREAM_HEADERS, type Settings } from './options'
 import { PingPolicy, type PingScheduler } from './ping'
 import type { WriteScheduler } from './scheduler'
@@ -19,6 +20,7 @@ export interface SourceContext {
   settings: Settings
   scheduler: WriteScheduler
   pings: PingScheduler
+  metrics: Metrics
   release (source: EventSource): void
 }
 
@@ -229,6 +231,7 @@ export class EventSource implements HttpRequestEventSource {
     if (!this.#fits(frame.length, kind)) return false
     if (kind === 'message' && this.#idle !== undefined) this.#idle.last = Date.now()
     this.sentContentLength += frame.length
+    this.#ctx.metrics.accepted(kind, frame.length)
     if (!this.#res.write(frame)) this.#ctx.scheduler.watchDrain(this)
     return true
   }
@@ -246,6 +249,7 @@ export class EventSource implements HttpRequestEventSource {
       this._queue.push(frame)
     }
     this._queuedBytes += frame.length
+    this.#ctx.metrics.accepted(kind, 0)
     if (kind === 'message' && this.#idle !== undefined) this.#idle.last = Date.now()
     return true
   }
@@ -266,6 +270,7 @@ export class EventSource implements HttpRequestEventSource {
     }
     const chunk = frames.length === 1 ? frames[0] : Buffer.concat(frames, bytes)
     this.sentContentLength += chunk.length
+    this.#ctx.metrics.bytes += chunk.length
     if (this.#res.write(chunk)) this.#settleDrainWaiters(true)
     else this.#ctx.scheduler.watchDrain(this)
   }
@@ -283,12 +288,14 @@ export class EventSource implements HttpRequestEventSource {
       frames.push(eventFrame(message))
     }
     this.replay = { replayed: result.messages.length, gap: result.gap }
+    this.#ctx.metrics.replay(this, result.messages.length, result.gap)
     this._replaying = false
     this._seam = seam.size > 0 ? seam : null
     if (frames.length > 0) {
       // Replay is bounded by the history size, not by maxBufferedBytes: it goes out whole, ahead of the queue.
       const chunk = Buffer.concat(frames)
       this.sentContentLength += chunk.length
+      this.#ctx.metrics.bytes += chunk.length
       if (!this.#res.write(chunk)) this.#ctx.scheduler.watchDrain(this)
     }
     if (this._queue !== null) this.#ctx.scheduler.defer(this)
@@ -352,6 +359,7 @@ export class EventSource implements HttpRequestEventSource {
     if (this.#out.writableLength + bytes <= settings.maxBufferedBytes) return true
     if (settings.slowClient === 'drop') {
       if (kind === 'message') this.droppedMessages++
+      this.#ctx.metrics.drop(this, kind)
       return false
     }
     this.#end('slow-client', true)
@@ -386,6 +394,7 @@ export class EventSource implements HttpRequestEventSource {
     if (settings.retry !== undefined) {
       const frame = retryFrame(settings.retry)
       this.sentContentLength += frame.length
+      this.#ctx.metrics.bytes += frame.length
       this.#res.write(frame)
     }
   }
@@ -440,6 +449,7 @@ export class EventSource implements HttpRequestEventSource {
     this.#resolveEnded?.()
     this.#resolveEnded = undefined
     this.#settleDrainWaiters(false)
+    ctx.metrics.close(this, reason)
     this.request.log.debug({ identifier: this.identifier, reason, sentContentLength: this.sentContentLength }, 'event source closed')
   }
 
