@@ -112,16 +112,17 @@ test('the demo serves GET /metrics; its values move as streams open and close', 
 })
 
 test('works beside other collectors on one registry: prom-client\'s default metrics (and fastify-metrics when installed)', async t => {
-  const registry = new Registry()
   let fastifyMetrics: unknown
   try {
     fastifyMetrics = require('fastify-metrics')
   } catch {}
+  // fastify-metrics registers on prom-client's global registry; without it, prom-client's default metrics stand in.
+  const registry = fastifyMetrics === undefined ? new Registry() : globalRegistry
   if (fastifyMetrics === undefined) collectDefaultMetrics({ register: registry })
   const { url } = await start(t, app => {
     if (fastifyMetrics !== undefined) {
       const plugin = (fastifyMetrics as { default?: unknown }).default ?? fastifyMetrics
-      app.register(plugin as Parameters<typeof app.register>[0], { endpoint: null, promClient: { register: registry } } as never)
+      app.register(plugin as Parameters<typeof app.register>[0], { endpoint: null } as never)
     }
     app.register(prometheus, { registry })
     app.get('/metrics', async (request, reply) => {
