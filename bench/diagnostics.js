@@ -4,10 +4,11 @@
 // this process read and discard), and times rounds of one broadcast to all of them, alternating between no
 // subscriber and a subscriber on every channel (an OpenTelemetry-style one: a start time per open stream, a
 // duration and a count per close reason, counters for publish, replay and drop). With --before=<dist dir of
-// another build>, a third variant times that build, with no subscriber. The figure is the server's CPU time for
+// another build>, a third variant times that build, with no subscriber: being another process, it runs in
+// blocks alternating with this build's, so that the machine's load changes weigh on both alike. The figure is the server's CPU time for
 // the round (user + system), which other processes on a shared machine disturb far less than the wall clock.
 //
-//   node bench/diagnostics.js [--n=10000] [--rounds=40] [--before=<dir>]
+//   node bench/diagnostics.js [--n=10000] [--rounds=40] [--before=<dir>] [--blocks=4]
 
 const { spawn } = require('node:child_process')
 const net = require('node:net')
@@ -144,8 +145,15 @@ async function main () {
   const n = Number(value('n', 10_000))
   const rounds = Number(value('rounds', 40))
   const before = value('before')
-  const times = await measure(undefined, n, rounds, ['none', 'subscribed'])
-  if (before !== undefined) Object.assign(times, { before: (await measure(before, n, rounds, ['none'])).none })
+  const times = { none: [], subscribed: [] }
+  if (before !== undefined) times.before = []
+  const blocks = before === undefined ? 1 : Number(value('blocks', 4))
+  for (let b = 0; b < blocks; b++) {
+    const block = await measure(undefined, n, Math.ceil(rounds / blocks), ['none', 'subscribed'])
+    times.none.push(...block.none)
+    times.subscribed.push(...block.subscribed)
+    if (before !== undefined) times.before.push(...(await measure(before, n, Math.ceil(rounds / blocks), ['none'])).none)
+  }
   const result = { n, rounds, node: process.version, median: {}, p90: {} }
   for (const [v, xs] of Object.entries(times)) {
     result.median[v] = median(xs)
