@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { CLOSE_REASONS } from '../lib/metrics'
+import { CLOSE_REASONS, Metrics } from '../lib/metrics'
 import type { CloseReason, EventSourcesMetrics } from '../types/index'
 import { reader, type Reader } from './helpers/clients'
 import { until } from './helpers/server'
@@ -104,4 +104,12 @@ test('each plugin instance counts its own streams', async t => {
   one.app.eventSources.broadcast('x')
   t.match(one.app.eventSources.metrics(), { openStreams: 1, opened: 1, delivered: 1 })
   t.match(two.app.eventSources.metrics(), { openStreams: 0, opened: 0, delivered: 0 })
+})
+
+test('topics and runs read the accessors the collection fills, 0 until then', async t => {
+  const metrics = new Metrics({ openStreams: () => 2 })
+  t.match(metrics.snapshot(), { openStreams: 2, activeConnections: 0, topics: 0, runs: 0 })
+  metrics.gauges.topics = () => 3
+  metrics.gauges.runs = () => 1
+  t.match(metrics.snapshot(), { topics: 3, runs: 1 })
 })
