@@ -6,9 +6,9 @@ type Plugin = FastifyPluginAsync<fastifyEventSourcesPrometheus.PrometheusOptions
 declare namespace fastifyEventSourcesPrometheus {
   export interface PrometheusOptions {
     /** The prom-client registry to register on. Default prom-client's global `register`. */
-    registry?: Registry
+    registry?: Registry | undefined
     /** Prefix of every metric name. Default `fastify_event_sources_`. */
-    prefix?: string
+    prefix?: string | undefined
   }
 
   export const fastifyEventSourcesPrometheus: Plugin
