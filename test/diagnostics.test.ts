@@ -1,6 +1,9 @@
 import { test } from 'tap'
 import type { EventSourceAdapter, HttpRequestEventSource } from '../types/index'
+import { LocalAdapter } from '../lib/adapters/local'
 import redisAdapter from '../lib/adapters/redis'
+import { MemoryHistory } from '../lib/history/memory'
+import type { HistoryStore, PublishedMessage, ReplayResult } from '../lib/history/history'
 import { reader, stalledClient, tick } from './helpers/clients'
 import { on, recordChannels } from './helpers/diagnostics'
 import { readEvents } from './helpers/read-events'
@@ -107,6 +110,74 @@ test('the replay channel reports { source, replayed, gap } for a replay within h
   t.same(opened.slice(1).map(s => s.replay), [{ replayed: 2, gap: false }, { replayed: 3, gap: true }, { replayed: 0, gap: false }])
   // 3 live, 2 replayed, a reset and 3 replayed, none: 9 events written.
   t.match(app.eventSources.metrics(), { replays: 3, gaps: 1, delivered: 9, published: 3, received: 3 })
+})
+
+test('history: false: a reconnect with a Last-Event-ID is a replay that reports a gap, its reset event delivered', async t => {
+  const seen = recordChannels(t)
+  const { app, url } = await start(t, app => {
+    app.get('/sse', async request => {
+      const sse = request.getEventSource('a')
+      await sse.keepAlive()
+      return sse.close()
+    })
+  }, { history: false })
+  const stream = await readEvents(url + '/sse', { 'last-event-id': 'anything' })
+  await until(() => stream.events.length === 1, 3000, 'the reset event')
+  stream.close()
+  t.equal(stream.events[0].event, 'reset')
+  const replays = on(seen, 'fastify-event-sources:replay')
+  t.same(replays.map(r => [r.replayed, r.gap]), [[0, true]])
+  t.match(app.eventSources.metrics(), { replays: 1, gaps: 1, delivered: 1 })
+})
+
+/** A memory history whose reads wait for the test: lets it publish while a replay runs. */
+class GatedHistory implements HistoryStore {
+  inner = new MemoryHistory(100)
+  gate: Promise<void> = Promise.resolve()
+  open: () => void = () => {}
+  append (message: PublishedMessage): string {
+    return this.inner.append(message)
+  }
+
+  close (): void {
+    this.gate = new Promise(resolve => { this.open = resolve })
+  }
+
+  async readAfter (lastEventId: string, identifier: string): Promise<ReplayResult> {
+    await this.gate
+    return this.inner.readAfter(lastEventId, identifier)
+  }
+}
+
+test('delivered counts once a message published during a replay: the replayed copy, not the live one queued behind it', async t => {
+  const seen = recordChannels(t)
+  const history = new GatedHistory()
+  const { app, url } = await start(t, app => {
+    app.get('/sse', async request => {
+      const sse = request.getEventSource('a')
+      await sse.keepAlive()
+      return sse.close()
+    })
+  }, { adapter: new LocalAdapter(history) })
+  const first = await readEvents(url + '/sse')
+  await until(() => app.eventSources.activeConnections === 1)
+  await app.eventSources.publish('one')
+  await until(() => first.events.length === 1)
+  first.close()
+  await until(() => app.eventSources.activeConnections === 0)
+
+  history.close()
+  const resumed = await readEvents(url + '/sse', { 'last-event-id': first.events[0].id as string })
+  await until(() => app.eventSources.activeConnections === 1)
+  await app.eventSources.publish('two')
+  await app.eventSources.publish('three')
+  history.open()
+  await until(() => resumed.events.length === 2, 3000, 'two and three')
+  await until(() => on(seen, 'fastify-event-sources:replay').length === 1)
+  resumed.close()
+  t.same(resumed.events.map(e => e.data), ['two', 'three'], 'each once')
+  t.same(on(seen, 'fastify-event-sources:replay').map(r => [r.replayed, r.gap]), [[2, false]])
+  t.match(app.eventSources.metrics(), { delivered: 3, replays: 1, gaps: 0, published: 3, received: 3 })
 })
 
 test('the drop channel reports { source, kind } for a message, a comment and a ping not written under slowClient \'drop\'', async t => {
