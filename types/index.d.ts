@@ -161,7 +161,7 @@ declare namespace fastifyEventSources {
     droppedPings: number
     /** Comments not written under `slowClient: 'drop'`. */
     droppedComments: number
-    /** Replays done: reconnections with a Last-Event-ID answered from history. */
+    /** Replays done: reconnections with a Last-Event-ID (with `history: false`, each reports a gap). */
     replays: number
     /** Replays that reported a gap (a reset event was sent). */
     gaps: number
