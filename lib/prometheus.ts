@@ -35,8 +35,9 @@ function fail (name: string, why: string): never {
 async function prometheus (fastify: FastifyInstance, options: PrometheusOptions): Promise<void> {
   const registry: Registry = options.registry ?? globalRegistry
   if (typeof registry !== 'object' || registry === null || typeof registry.registerMetric !== 'function') fail('registry', 'must be a prom-client Registry')
-  const prefix = options.prefix ?? 'fastify_event_sources_'
-  if (typeof prefix !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(prefix)) fail('prefix', 'must be a valid Prometheus metric name prefix')
+  // Not `prefix`: Fastify reads that register option as a route prefix.
+  const prefix = options.metricPrefix ?? 'fastify_event_sources_'
+  if (typeof prefix !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(prefix)) fail('metricPrefix', 'must be a valid Prometheus metric name prefix')
   const sources = fastify.eventSources
   const registers = [registry]
   const names: string[] = []

@@ -1,5 +1,5 @@
-import { execFile } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { execFile, spawnSync } from 'node:child_process'
+import { existsSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import Fastify from 'fastify'
 import { collectDefaultMetrics, register as globalRegistry, Registry } from 'prom-client'
@@ -9,6 +9,7 @@ import { buildDemo } from '../examples/app'
 import eventSources from '../lib/index'
 import prometheus from '../lib/prometheus'
 import { reader } from './helpers/clients'
+import { packageDir } from './helpers/package-dir'
 import { start, until } from './helpers/server'
 
 interface Sample { name: string, labels: Record<string, string>, value: number }
@@ -166,7 +167,7 @@ test('the collectors leave the registry when Fastify closes, so a new instance c
   t.same(registry.getMetricsAsArray(), [])
 })
 
-test('the default registry is prom-client\'s global one; a prefix renames every metric', async t => {
+test('the default registry is prom-client\'s global one; metricPrefix renames every metric', async t => {
   const app = Fastify()
   t.teardown(() => app.close())
   await app.register(eventSources)
@@ -174,7 +175,7 @@ test('the default registry is prom-client\'s global one; a prefix renames every 
   const other = Fastify()
   t.teardown(() => other.close())
   await other.register(eventSources)
-  await other.register(prometheus, { registry: globalRegistry, prefix: 'other_sse_' })
+  await other.register(prometheus, { registry: globalRegistry, metricPrefix: 'other_sse_' })
   const exposition = parse(await globalRegistry.metrics())
   t.equal(value(exposition, 'fastify_event_sources_open_streams'), 0)
   t.equal(value(exposition, 'other_sse_open_streams'), 0)
@@ -186,7 +187,7 @@ test('the default registry is prom-client\'s global one; a prefix renames every 
 })
 
 test('bad options fail registration with FST_ERR_SSE_INVALID_OPTION; the plugin needs fastify-event-sources first', async t => {
-  for (const [name, options] of [['registry', { registry: {} }], ['prefix', { prefix: '1bad' }], ['prefix', { prefix: 5 }]] as const) {
+  for (const [name, options] of [['registry', { registry: {} }], ['metricPrefix', { metricPrefix: '1bad' }], ['metricPrefix', { metricPrefix: 5 }]] as const) {
     const app = Fastify()
     t.teardown(() => app.close())
     await app.register(eventSources)
@@ -222,4 +223,28 @@ test('the built subpath: fastify-event-sources/prometheus by require() and impor
     console.log(JSON.stringify({ plugin: typeof plugin, named: fastifyEventSourcesPrometheus === plugin }))
   `])
   t.same(JSON.parse(esm), { plugin: 'function', named: true })
+})
+
+test('the subpath\'s types resolve by package name under node10 and node16, with exactOptionalPropertyTypes', async t => {
+  const dir = packageDir(t)
+  const file = join(dir, 'consumer.ts')
+  writeFileSync(file, `import Fastify from 'fastify'
+import eventSources from 'fastify-event-sources'
+import prometheus from 'fastify-event-sources/prometheus'
+import { Registry } from 'prom-client'
+
+const app = Fastify()
+app.register(eventSources, { requireAccept: true })
+app.register(prometheus, { registry: new Registry(), metricPrefix: process.env.METRICS_PREFIX })
+const delivered: number = app.eventSources.metrics().delivered
+console.log(delivered)
+`)
+  for (const flags of [['--moduleResolution', 'node10', '--module', 'commonjs'], ['--moduleResolution', 'node16', '--module', 'node16']]) {
+    const run = spawnSync(process.execPath, [
+      join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '--noEmit', '--strict', '--exactOptionalPropertyTypes',
+      '--target', 'es2022', '--skipLibCheck', '--esModuleInterop', '--ignoreDeprecations', '6.0', '--types', 'node',
+      ...flags, file
+    ], { cwd: dir, encoding: 'utf8', timeout: 60_000 })
+    t.equal(run.status, 0, `${flags[1]}: ${run.stdout}${run.stderr}`)
+  }
 })

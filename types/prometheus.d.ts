@@ -8,7 +8,7 @@ declare namespace fastifyEventSourcesPrometheus {
     /** The prom-client registry to register on. Default prom-client's global `register`. */
     registry?: Registry | undefined
     /** Prefix of every metric name. Default `fastify_event_sources_`. */
-    prefix?: string | undefined
+    metricPrefix?: string | undefined
   }
 
   export const fastifyEventSourcesPrometheus: Plugin

@@ -14,8 +14,8 @@ test('the plugin is the default export, a named export and what require() gives'
 test('options', () => {
   const app = Fastify()
   expect(app.register(prometheus)).type.not.toRaiseError()
-  expect(app.register(prometheus, { registry: new Registry(), prefix: 'sse_' })).type.not.toRaiseError()
+  expect(app.register(prometheus, { registry: new Registry(), metricPrefix: 'sse_' })).type.not.toRaiseError()
   expect<PrometheusOptions>().type.not.toBeAssignableFrom({ registry: 'global' })
-  expect<PrometheusOptions>().type.not.toBeAssignableFrom({ prefix: 5 })
+  expect<PrometheusOptions>().type.not.toBeAssignableFrom({ metricPrefix: 5 })
   expect(app.register(prometheus, { labels: { app: 'x' } })).type.toRaiseError()
 })
