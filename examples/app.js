@@ -43,6 +43,8 @@ function buildDemo (options = {}) {
     reply.type(registry.contentType)
     return registry.metrics()
   })
+  // The page imports the package's browser client as it ships: a plain ES module, no bundler.
+  app.get('/client/index.js', (request, reply) => reply.sendFile('index.js', path.join(__dirname, '..', 'client')))
 
   app.register(async function demo (app) {
     const sources = app.eventSources
