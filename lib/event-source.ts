@@ -348,7 +348,9 @@ export class EventSource implements HttpRequestEventSource {
       this.sentContentLength += chunk.length
       if (!this.#res.write(chunk)) this.#ctx.scheduler.watchDrain(this)
     }
+    // A waiter for room (sendAsync, stream()) that queued behind live copies the replay covered has no flush to wake it.
     if (this._queue !== null) this.#ctx.scheduler.defer(this)
+    else this.#settleDrainWaiters(true)
   }
 
   /** @internal true when the socket has room for another message now, false once the source ended, else a promise of either */
