@@ -47,3 +47,26 @@ test('stream() started while a replay runs is not stuck when the only queued liv
   t.equal(streamed, 2)
   t.same(client.events.map(e => e.data), ['m5', 'tok1', 'tok2', 'done'], 'm5 once (replayed), then the producer, in order')
 })
+
+for (const batch of [false, true]) {
+  test(`a registered listener's own send on a reconnect waits behind the replay, as the handler's do (batch: ${batch})`, async t => {
+    const { app, url } = await start(t, app => {
+      app.get('/sse', async request => {
+        const sse = request.getEventSource('a')
+        sse.send('handler')
+        await sse.keepAlive()
+        return sse.close()
+      })
+    }, { batch })
+    app.eventSources.on('registered', source => {
+      if (source.lastEventId !== undefined) source.send('welcome')
+    })
+    for (let i = 1; i <= 3; i++) await app.eventSources.publish(`m${i}`, { to: 'a' })
+    // An id the history does not hold: the reset event, then everything held for 'a'.
+    const client = await readEvents(url + '/sse', { 'last-event-id': 'nope-0' })
+    t.teardown(client.close)
+    await until(() => client.events.some(e => e.data === 'handler'), 5000, 'the replay and the sends')
+    t.same(client.events.map(e => e.event ?? e.data), ['reset', 'm1', 'm2', 'm3', 'welcome', 'handler'],
+      'the replay first, then the listener\'s send, then the handler\'s')
+  })
+}
