@@ -1,5 +1,6 @@
 import { test } from 'tap'
-import type { AdapterHost, EventSourceAdapter, PublishedMessage, ReplayResult } from '../types/index'
+import type { AdapterHost, EventSourceAdapter, HttpRequestEventSource, PublishedMessage, ReplayResult } from '../types/index'
+import { ChunkedReader, EventLog, stalledClient } from './helpers/clients'
 import { readEvents } from './helpers/read-events'
 import { start, until } from './helpers/server'
 
@@ -68,5 +69,38 @@ for (const batch of [false, true]) {
     await until(() => client.events.some(e => e.data === 'handler'), 5000, 'the replay and the sends')
     t.same(client.events.map(e => e.event ?? e.data), ['reset', 'm1', 'm2', 'm3', 'welcome', 'handler'],
       'the replay first, then the listener\'s send, then the handler\'s')
+  })
+}
+
+for (const slowClient of ['close', 'drop'] as const) {
+  test(`a replay larger than maxBufferedBytes does not count against it: a live message while it drains is kept (slowClient: ${slowClient})`, async t => {
+    const bound = 64 * 1024
+    let source: HttpRequestEventSource | undefined
+    const { app, url } = await start(t, app => {
+      app.get('/sse', async request => {
+        const sse = source = request.getEventSource('a')
+        await sse.keepAlive()
+        return sse.close()
+      })
+    }, { maxBufferedBytes: bound, slowClient, history: { size: 1000 } })
+    // 16 MB of history for 'a': more than the kernel's buffers take, so most of the replay waits in the socket's.
+    const big = 'x'.repeat(16 * 1024)
+    for (let i = 0; i < 1000; i++) await app.eventSources.publish(`${i} ${big}`, { to: 'a' })
+    const socket = stalledClient(t, url, '/sse', { 'last-event-id': 'nope-0' })
+    await until(() => source?.replay !== undefined && source.bufferedAmount > bound, 10000, 'the replay to be written and held')
+    await app.eventSources.publish('live', { to: 'a' })
+    // The client reads now, as a client just back from an outage does.
+    const log = new EventLog()
+    const reader = new ChunkedReader(chunk => log.feed(chunk))
+    socket.on('data', (bytes: Buffer) => reader.push(bytes))
+    socket.resume()
+    await until(() => log.events.some(e => e.data === 'live') || source?.isActive !== true ||
+      (log.events.length >= 1001 && source.bufferedAmount === 0), 20000, 'the live message, or the end of the stream')
+    t.equal(source?.closeReason, undefined, 'the stream is still open')
+    t.equal(source?.droppedMessages, 0, 'nothing dropped')
+    const data = log.events.map(e => e.data)
+    t.equal(data.length, 1002, 'the reset, the 1000 replayed, then the live one')
+    t.equal(data[1000]?.slice(0, 4), '999 ')
+    t.equal(data[1001], 'live')
   })
 }
