@@ -15,8 +15,16 @@ declare module 'fastify' {
      * @throws FST_ERR_SSE_ALREADY_STREAMING on a second call for the same request
      * @throws FST_ERR_SSE_TOO_MANY_CONNECTIONS (503, with Retry-After set) beyond a connection limit
      * @throws FST_ERR_SSE_ADAPTER on a route of a context made before the plugin was registered
+     * @throws FST_ERR_SSE_NOT_ACCEPTABLE (406, the reply not hijacked) with `requireAccept: true`, when the
+     * request's Accept header rules out `text/event-stream`
+     * @typeParam Events an event map (event name → data type) that `send` checks; untyped when absent
      */
-    getEventSource (identifier?: string): fastifyEventSources.HttpRequestEventSource
+    getEventSource<Events extends object = fastifyEventSources.AnyEvents> (identifier?: string): fastifyEventSources.HttpRequestEventSource<Events>
+    /**
+     * Whether the request's Accept header allows `text/event-stream` (RFC 9110: q-values, wildcards, the most
+     * specific range wins). No Accept header accepts anything; an empty one accepts nothing.
+     */
+    acceptsEventStream (): boolean
   }
 }
 
@@ -36,6 +44,37 @@ declare namespace fastifyEventSources {
     /** Reconnection delay in ms for the client; a non-negative integer. */
     retry?: number | undefined
   }
+
+  /**
+   * The event map of untyped use: any event name, any data. An event map is an interface or type whose keys are
+   * event names and whose values are the types of their data (`{ feed: { text: string }, message: string }`);
+   * `message` is the key for messages sent without an event name.
+   */
+  export type AnyEvents = Record<string, unknown>
+
+  /**
+   * The arguments of `send`, `broadcast` and `publish` under an event map: `(data, { event, ...options })` with
+   * `data` of that event's type, and `(data, options?)` without an event for the map's `message` key.
+   * Untyped (`AnyEvents`): `(data?: unknown, options?)` as always.
+   */
+  export type EventArgs<Events extends object, Options extends SendOptions = SendOptions> =
+    string extends keyof Events
+      ? [data?: unknown, options?: Options]
+      : { [K in keyof Events & string]: NamedEventArgs<Events[K], K, Options> }[keyof Events & string]
+
+  type NamedEventArgs<Data, K extends string, Options extends SendOptions> =
+    K extends 'message'
+      ? (undefined extends Data ? [data?: Data, options?: Options & { event?: K | undefined }] : [data: Data, options?: Options & { event?: K | undefined }])
+      : [data: Data, options: Options & { event: K }]
+
+  /**
+   * One message of an event map as a value: `{ event, data }` with `data` of that event's type (`event` may be
+   * left out for `message`). For producers that yield messages of several events.
+   */
+  export type EventMessage<Events extends object, Options extends SendOptions = SendOptions> =
+    string extends keyof Events
+      ? Options & { data?: unknown }
+      : { [K in keyof Events & string]: Omit<Options, 'event'> & { data: Events[K] } & (K extends 'message' ? { event?: K | undefined } : { event: K }) }[keyof Events & string]
 
   /** What `stream()` pulls from: an async iterable, an iterable (not a string), a Node Readable or a Web ReadableStream. */
   export type StreamSource<T> = (AsyncIterable<T> | Iterable<T> | Readable | ReadableStream<T>) & NotAString
@@ -101,7 +140,8 @@ declare namespace fastifyEventSources {
     stop (): this
   }
 
-  export interface HttpRequestEventSource {
+  /** One stream. `Events` (an event map) types what `send` accepts; untyped by default. */
+  export interface HttpRequestEventSource<Events extends object = AnyEvents> {
     readonly identifier: string | undefined
     readonly isActive: boolean
     readonly request: FastifyRequest
@@ -136,14 +176,15 @@ declare namespace fastifyEventSources {
     /**
      * Sends one event. Strings go as they are; other values through the serializer; null/undefined as an empty
      * data line. Returns false, writing nothing, when the source is not active or the message was dropped.
+     * With an event map, `event` must be one of its keys and `data` of that key's type (no event: `message`).
      * @throws FST_ERR_SSE_INVALID_FIELD for a bad event, id or retry; FST_ERR_SSE_SERIALIZATION if serializing fails
      */
-    send (data?: unknown, options?: SendOptions): boolean
+    send (...args: EventArgs<Events>): boolean
     /**
      * As send, resolving true once the socket took the message and needs no drain (past half of maxBufferedBytes,
      * once what is buffered has reached the kernel); false if the source ends first.
      */
-    sendAsync (data?: unknown, options?: SendOptions): Promise<boolean>
+    sendAsync (...args: EventArgs<Events>): Promise<boolean>
     /**
      * Pipes a producer into this stream, one message per item, pulling the next item only when the socket has
      * room (the producer runs at the client's pace). Strings are the data; bytes are decoded as UTF-8 text with a
@@ -170,6 +211,63 @@ declare namespace fastifyEventSources {
     [Symbol.asyncDispose] (): Promise<void>
   }
 
+  /** What `fastify.eventSources.metrics()` returns. Counters only grow; gauges are current values. */
+  export interface EventSourcesMetrics {
+    /** Gauge: every open stream on this instance, identified or not. */
+    openStreams: number
+    /** Gauge: active identified sources on this instance. */
+    activeConnections: number
+    /** Gauge: local topics with at least one follower (0 while the plugin has no topics). */
+    topics: number
+    /** Gauge: producers running on this instance (0 while the plugin has no runs). */
+    runs: number
+    /** Streams opened (every successful `getEventSource()`). */
+    opened: number
+    /** Messages this instance's `publish()` handed to the adapter, which accepted them. */
+    published: number
+    /** Messages this instance got from its adapter to deliver (with the in-process adapter, every publish). */
+    received: number
+    /**
+     * Events written to sources: every accepted `send`, each source reached by `broadcast` or `publish`, replayed
+     * messages and reset events. Pings and comments are not counted.
+     */
+    delivered: number
+    /** Body bytes handed to sockets, pings and comments included (the sum of every source's sentContentLength). */
+    bytes: number
+    /** Messages not written under `slowClient: 'drop'`. */
+    droppedMessages: number
+    /** Pings not written under `slowClient: 'drop'`. */
+    droppedPings: number
+    /** Comments not written under `slowClient: 'drop'`. */
+    droppedComments: number
+    /** Replays done: reconnections with a Last-Event-ID (with `history: false`, each reports a gap). */
+    replays: number
+    /** Replays that reported a gap (a reset event was sent). */
+    gaps: number
+    /** Streams ended, by close reason; every reason is present, from 0. */
+    closes: Record<CloseReason, number>
+  }
+
+  /** Which frames `slowClient: 'drop'` can discard. */
+  export type DropKind = 'message' | 'ping' | 'comment'
+
+  /**
+   * Payloads of the plugin's `node:diagnostics_channel` channels, by channel name. Each is published
+   * synchronously where the event happens, and only when the channel has subscribers.
+   */
+  export interface DiagnosticsMessages {
+    /** A stream opened (every `getEventSource()` that did not throw, identified or not), before anything was written. */
+    'fastify-event-sources:open': { source: HttpRequestEventSource }
+    /** A stream ended; `source.isActive` is already false and it has left the collection. */
+    'fastify-event-sources:close': { source: HttpRequestEventSource, reason: CloseReason }
+    /** `publish()` was accepted by the adapter. `message.data` is the serialized text. */
+    'fastify-event-sources:publish': { message: PublishedMessage }
+    /** A Last-Event-ID replay was written: `replayed` stored messages, after a reset event when `gap`. */
+    'fastify-event-sources:replay': { source: HttpRequestEventSource, replayed: number, gap: boolean }
+    /** A frame was not written because the source was over `maxBufferedBytes` under `slowClient: 'drop'`. */
+    'fastify-event-sources:drop': { source: HttpRequestEventSource, kind: DropKind }
+  }
+
   export interface EventSourceCollectionEvents {
     registered: [source: HttpRequestEventSource]
     unregistered: [source: HttpRequestEventSource]
@@ -182,14 +280,22 @@ declare namespace fastifyEventSources {
     readonly openStreams: number
     /** Shared ping timers running now. */
     readonly pingTimers: number
+    /** A synchronous snapshot of this instance's counters and gauges, cheap enough for every scrape. */
+    metrics (): EventSourcesMetrics
     /** This instance only: a live object is never on another instance. */
     getByIdentifier (identifier: string): HttpRequestEventSource | undefined
     find (predicate: (identifier: string) => boolean): HttpRequestEventSource[]
     all (): HttpRequestEventSource[]
-    /** Frames once and writes to every matching active identified source of this instance; returns how many got it. Live only. */
-    broadcast (data?: unknown, options?: BroadcastOptions): number
-    /** Stores the message in history (when on) and delivers it on every instance the adapter reaches. */
-    publish (data?: unknown, options?: PublishOptions): Promise<void>
+    /**
+     * Frames once and writes to every matching active identified source of this instance; returns how many got it. Live only.
+     * `broadcast<ChatEvents>(data, { event })` checks the event and its data against an event map.
+     */
+    broadcast<Events extends object = AnyEvents> (...args: EventArgs<NoInfer<Events>, BroadcastOptions>): number
+    /**
+     * Stores the message in history (when on) and delivers it on every instance the adapter reaches.
+     * `publish<ChatEvents>(data, { event })` checks the event and its data against an event map.
+     */
+    publish<Events extends object = AnyEvents> (...args: EventArgs<NoInfer<Events>, PublishOptions>): Promise<void>
     on<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
     off<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
     once<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
@@ -297,6 +403,11 @@ declare namespace fastifyEventSources {
     closeGrace?: number | undefined
     /** Also read the last event id from this query parameter when the header is absent. Off by default. */
     lastEventIdQuery?: string | false | undefined
+    /**
+     * When true, `getEventSource()` on a request whose Accept header rules out `text/event-stream` throws
+     * FST_ERR_SSE_NOT_ACCEPTABLE (406) before touching the reply. Default false.
+     */
+    requireAccept?: boolean | undefined
   }
 
   /** The in-memory ring the default adapter keeps history in. */
@@ -322,6 +433,7 @@ declare namespace fastifyEventSources {
     FST_ERR_SSE_CLOSING: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_CLOSING', statusCode: 503 }>
     FST_ERR_SSE_PUBLISH_FAILED: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_PUBLISH_FAILED', statusCode: 503 }, [string]>
     FST_ERR_SSE_ADAPTER: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_ADAPTER', statusCode: 500 }, [string]>
+    FST_ERR_SSE_NOT_ACCEPTABLE: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_NOT_ACCEPTABLE', statusCode: 406 }>
   }
 
   export type { FastifyError }
