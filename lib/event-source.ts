@@ -535,8 +535,10 @@ export class EventSource implements HttpRequestEventSource {
     if (!this.#headWritten && !this.#out.destroyed) this.#writeHead()
     if (this._replaying) {
       // The client will ask again from its own last id: a half replay followed by live messages would skip some.
-      this._queue = null
-      this._queuedBytes = 0
+      // What the handler wrote itself (a terminate event before close(), say) is not in any history: it still goes.
+      const own = this._queue?.filter(frame => !framePositions.has(frame)) ?? []
+      this._queue = own.length > 0 ? own : null
+      this._queuedBytes = own.reduce((bytes, frame) => bytes + frame.length, 0)
       this._replaying = false
     }
     this._flushQueue(true)
