@@ -255,7 +255,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       return source
     }
     if (identifier !== undefined) this.#register(source, identifier)
-    if (topics.length > 0) this.#topics.add(source, topics)
+    if (topics.length > 0 && source.isActive) this.#topics.add(source, topics)
     if (identifier !== undefined || topics.length > 0) this.#replay(source, topics)
     if (settings.ping !== undefined) source.ping.start()
     request.log.debug({ identifier, lastEventId: source.lastEventId }, 'event source opened')
@@ -266,6 +266,9 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     this.#byId.get(identifier)?._end('replaced')
     this.#byId.set(identifier, source)
     this.#presence.listener?.identifier(identifier)
+    const lastEventId = source.lastEventId
+    // Set before the listeners run: what a `registered` listener sends waits behind the replay, as the handler's sends do.
+    if (lastEventId !== undefined && lastEventId !== '') source._replaying = true
     this.#emitSafely('registered', source)
     const adapter = this.#settings.adapter
     adapter.claim?.(identifier, source.openedAt)
@@ -278,6 +281,8 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const lastEventId = source.lastEventId
     if (lastEventId === undefined || lastEventId === '') return
     source._replaying = true
+    // A `registered` listener may have closed it.
+    if (!source.isActive) return
     // Without history nothing the client missed can be sent: it gets the gap report, so that it reloads.
     const reading = !adapter.hasHistory
       ? Promise.resolve({ messages: [], gap: true })
