@@ -32,6 +32,14 @@ export function streamKeys (prefix: string): StreamKeys {
 }
 
 const STREAM_ID = /^\d+-\d+$/
+const MAX_ID_PART = 2n ** 64n - 1n
+
+/** Whether Redis takes the id as a stream id: `<ms>-<seq>`, each part a 64-bit unsigned integer (it refuses larger ones). */
+function isStreamId (id: string): boolean {
+  if (!STREAM_ID.test(id)) return false
+  const dash = id.indexOf('-')
+  return BigInt(id.slice(0, dash)) <= MAX_ID_PART && BigInt(id.slice(dash + 1)) <= MAX_ID_PART
+}
 
 /** Entries read per XRANGE: a replay or a catch-up from far back never holds the whole backlog in one reply. */
 export const PAGE = 100
@@ -173,7 +181,7 @@ export class RedisStreamsHistory {
    */
   async readAfter (lastEventId: string, identifier: string | undefined, topics: readonly string[] = []): Promise<ReplayResult> {
     const keys = this.#keys
-    const placed = STREAM_ID.test(lastEventId)
+    const placed = isStreamId(lastEventId)
     const start = placed ? '(' + lastEventId : '-'
     const streams = identifier === undefined ? [] : [keys.plain]
     for (const topic of topics) streams.push(keys.topic + topic)
