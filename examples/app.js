@@ -7,11 +7,14 @@ const { Registry } = require('prom-client')
 
 const TAB = /^[A-Za-z0-9_-]{1,64}$/
 const MAX_TEXT = 2000
+const ROOMS = ['lobby', 'dev', 'random']
+const topicOf = room => 'room:' + room
 
 /**
  * The demo app: every browser tab is an identified stream `tab:<id>`, a shared feed goes through `publish`
  * (so a reconnecting tab gets what it missed), a clock goes through `broadcast` (live only), and the list of
- * open tabs follows the collection's `registered`/`unregistered` events.
+ * open tabs follows the collection's `registered`/`unregistered` events. Rooms are topics: a tab joins and leaves
+ * them, messages to a room are published to its topic, and a reconnect replays only the tab's rooms.
  *
  * Options: `plugin` (defaults to the built package), `retry` (ms a browser waits before reconnecting),
  * `pingInterval`, `clockInterval`, `dropHold` (ms a dropped tab is kept waiting before it may reconnect),
@@ -32,6 +35,9 @@ function buildDemo (options = {}) {
   const app = Fastify(fastifyOptions)
   const kicked = new Set()
   const holds = new Map()
+  // Membership is the server's: every (re)connect declares the tab's rooms as topics, so its replay holds them.
+  const memberships = new Map()
+  const roomsOf = tab => [...(memberships.get(tab) ?? [])]
   let clock
 
   app.register(plugin, { retry, history: { size: historySize }, lastEventIdQuery: 'lastEventId' })
@@ -96,14 +102,14 @@ function buildDemo (options = {}) {
       // The spec's way to stop a browser for good: anything but 200 with text/event-stream; 204 is the quiet one.
       if (kicked.has(tab)) return reply.code(204).send()
 
-      const sse = request.getEventSource('tab:' + tab)
+      const sse = request.getEventSource('tab:' + tab, { topics: roomsOf(tab).map(topicOf) })
       sse.withPing(ping => {
         ping.interval = pingInterval
         ping.dataMessage = 'ping'
         ping.start()
       })
       // A reconnect's replay is written first; anything sent now is queued behind it, so this arrives after it.
-      sse.send({ tab, resumedFrom: sse.lastEventId ?? null }, { event: 'hello' })
+      sse.send({ tab, resumedFrom: sse.lastEventId ?? null, rooms: roomsOf(tab) }, { event: 'hello' })
       sse.send(`Welcome, tab ${tab} 👋\nThis is a plain message event.\nThe feed below is shared by every open tab.`)
       await sse.keepAlive()
       request.log.debug({ tab, reason: sse.closeReason, sent: sse.sentContentLength }, 'demo tab left')
@@ -120,6 +126,45 @@ function buildDemo (options = {}) {
     })
 
     app.get('/tabs', async () => ({ count: sources.activeConnections, tabs: tabsNow() }))
+
+    app.get('/rooms', async () => ({ rooms: ROOMS }))
+
+    function roomRoute (name, action) {
+      app.post(`/rooms/:room/${name}`, async (request, reply) => {
+        const room = request.params.room
+        if (!ROOMS.includes(room)) return reply.code(404).send({ error: 'no such room' })
+        return action(room, request.body ?? {}, reply)
+      })
+    }
+
+    // eventSources.subscribe reaches the tab's stream on whichever instance holds it (through the adapter).
+    for (const [name, join] of [['join', true], ['leave', false]]) {
+      roomRoute(name, async (room, body, reply) => {
+        const tab = body.tab
+        if (typeof tab !== 'string' || !TAB.test(tab)) return reply.code(400).send({ error: 'bad tab id' })
+        const rooms = memberships.get(tab) ?? new Set()
+        if (join) {
+          rooms.add(room)
+          memberships.set(tab, rooms)
+          await sources.subscribe('tab:' + tab, topicOf(room))
+        } else {
+          rooms.delete(room)
+          if (rooms.size === 0) memberships.delete(tab)
+          await sources.unsubscribe('tab:' + tab, topicOf(room))
+        }
+        return { tab, rooms: roomsOf(tab) }
+      })
+    }
+
+    roomRoute('messages', async (room, body, reply) => {
+      const { text, from } = body
+      if (typeof text !== 'string' || text.trim() === '' || text.length > MAX_TEXT) {
+        return reply.code(400).send({ error: `text must be a non-empty string of at most ${MAX_TEXT} characters` })
+      }
+      published++
+      await sources.publish({ room, text, from: typeof from === 'string' && TAB.test(from) ? from : 'anonymous', at: new Date().toISOString() }, { event: 'room', to: { topic: topicOf(room) } })
+      return reply.code(202).send({ published })
+    })
 
     function tabRoute (name, action) {
       app.post(`/tabs/:tab/${name}`, async (request, reply) => {
@@ -149,6 +194,7 @@ function buildDemo (options = {}) {
     // Stops a tab for good: a termination event the page acts on, then 204 to any later reconnect.
     tabRoute('kick', async (tab, source, body) => {
       kicked.add(tab)
+      memberships.delete(tab)
       if (source === undefined) return
       if (body.silent !== true) source.send({ reason: 'kicked from the server' }, { event: 'terminate' })
       source.close()

@@ -11,6 +11,7 @@ import { PingPolicy, type PingScheduler } from './ping'
 import { follows, later, parsePosition, type Position } from './position'
 import { pipe } from './producer'
 import type { WriteScheduler } from './scheduler'
+import { checkTopics, type TopicIndex } from './topics'
 import type { CloseReason, HttpRequestEventSource, ReplayInfo, SendOptions, StreamOptions, StreamSource } from '../types/index'
 
 export type WriteKind = 'message' | 'ping' | 'comment'
@@ -22,6 +23,7 @@ export interface SourceContext {
   settings: Settings
   scheduler: WriteScheduler
   pings: PingScheduler
+  topics: TopicIndex<EventSource>
   metrics: Metrics
   release (source: EventSource): void
 }
@@ -215,6 +217,22 @@ export class EventSource implements HttpRequestEventSource {
       this.#armIdle(timeoutMs)
     }
     return this.keepAlive()
+  }
+
+  get topics (): ReadonlySet<string> {
+    return this.#ctx.topics.topicsOf(this)
+  }
+
+  subscribe (topics: string | string[]): this {
+    const checked = checkTopics(topics)
+    if (this.#active) this.#ctx.topics.add(this, checked)
+    return this
+  }
+
+  unsubscribe (topics: string | string[]): this {
+    const checked = checkTopics(topics)
+    if (this.#active) this.#ctx.topics.remove(this, checked)
+    return this
   }
 
   withPing (configure: (ping: PingPolicy) => void): this {

@@ -1,7 +1,7 @@
 import type { FastifyRequest } from 'fastify'
 import { FST_ERR_SSE_INVALID_OPTION } from './errors'
 import type { Serializer } from './frame'
-import { MemoryHistory } from './history/memory'
+import { HISTORY_DEFAULTS, MemoryTopicHistory } from './history/memory-topics'
 import type { EventSourceAdapter } from './adapters/adapter'
 import { LocalAdapter } from './adapters/local'
 import type { FastifyEventSourcesOptions } from '../types/index'
@@ -90,10 +90,13 @@ export function normalizeOptions (options: PluginOptions = {}): Settings {
 
   let adapter = options.adapter
   const history = options.history
-  if (history !== undefined && history !== false && (typeof history !== 'object' || history === null)) fail('history', 'must be { size } or false')
-  const historySize = history === false ? 0 : count('history.size', history?.size, 1000, 1)
+  if (history !== undefined && history !== false && (typeof history !== 'object' || history === null)) fail('history', 'must be { size, topics, ttl } or false')
+  const historySize = history === false ? 0 : count('history.size', history?.size, HISTORY_DEFAULTS.size, 1)
+  if (historySize === Infinity) fail('history.size', 'must be a finite integer >= 1: it bounds memory')
+  const historyTopics = history === false ? 0 : count('history.topics', history?.topics, HISTORY_DEFAULTS.topics, 1)
+  const historyTtl = history === false ? 0 : count('history.ttl', history?.ttl, HISTORY_DEFAULTS.ttl, 1)
   if (adapter === undefined) {
-    adapter = new LocalAdapter(historySize > 0 ? new MemoryHistory(historySize) : undefined)
+    adapter = new LocalAdapter(historySize > 0 ? new MemoryTopicHistory({ size: historySize, topics: historyTopics, ttl: historyTtl }) : undefined)
   } else if (typeof adapter !== 'object' || adapter === null || typeof adapter.publish !== 'function' || typeof adapter.attach !== 'function') {
     fail('adapter', 'must be an adapter such as redisAdapter(...)')
   }

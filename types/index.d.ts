@@ -12,14 +12,16 @@ declare module 'fastify' {
     /**
      * Turns this request into a long-lived event stream (the reply is hijacked). With an identifier, the
      * source is registered in `fastify.eventSources` and closes any older source with the same identifier.
+     * Topics declared here are followed from the start and are part of a Last-Event-ID replay.
      * @throws FST_ERR_SSE_ALREADY_STREAMING on a second call for the same request
      * @throws FST_ERR_SSE_TOO_MANY_CONNECTIONS (503, with Retry-After set) beyond a connection limit
+     * @throws FST_ERR_SSE_INVALID_FIELD for a bad identifier or topic, before anything is written
      * @throws FST_ERR_SSE_ADAPTER on a route of a context made before the plugin was registered
      * @throws FST_ERR_SSE_NOT_ACCEPTABLE (406, the reply not hijacked) with `requireAccept: true`, when the
      * request's Accept header rules out `text/event-stream`
      * @typeParam Events an event map (event name → data type) that `send` checks; untyped when absent
      */
-    getEventSource<Events extends object = fastifyEventSources.AnyEvents> (identifier?: string): fastifyEventSources.HttpRequestEventSource<Events>
+    getEventSource<Events extends object = fastifyEventSources.AnyEvents> (identifier?: string, options?: fastifyEventSources.GetEventSourceOptions): fastifyEventSources.HttpRequestEventSource<Events>
     /**
      * Whether the request's Accept header allows `text/event-stream` (RFC 9110: q-values, wildcards, the most
      * specific range wins). No Accept header accepts anything; an empty one accepts nothing.
@@ -44,6 +46,12 @@ declare namespace fastifyEventSources {
     /** Reconnection delay in ms for the client; a non-negative integer. */
     retry?: number | undefined
   }
+
+  /**
+   * A topic: a non-empty string of at most 1,024 UTF-16 code units without CR, LF or NUL. Anything else throws
+   * FST_ERR_SSE_INVALID_FIELD.
+   */
+  export type Topic = string
 
   /**
    * The event map of untyped use: any event name, any data. An event map is an interface or type whose keys are
@@ -106,8 +114,16 @@ declare namespace fastifyEventSources {
   /** Who a published message is for: one identifier, every identifier with a prefix, or (absent) every identified source. */
   export type PublishTarget = string | { prefix: string }
 
+  /** The followers of one or more topics, identified or not, each once. */
+  export interface TopicTarget {
+    topic: Topic | Topic[]
+  }
+
+  /** Identified sources: one identifier, or every identifier with a prefix. */
+  export type SourceSelector = PublishTarget
+
   export interface PublishOptions extends SendOptions {
-    to?: PublishTarget | undefined
+    to?: PublishTarget | TopicTarget | undefined
     /**
      * An idempotency key: a publish retried with the same key while history still holds the first one's message
      * is stored and delivered once (on every instance). Non-empty, no CR, LF or NUL, at most 1024 characters.
@@ -117,8 +133,15 @@ declare namespace fastifyEventSources {
   }
 
   export interface BroadcastOptions extends SendOptions {
-    /** Only sources whose identifier passes receive the message. */
+    /** Only sources whose identifier passes receive the message (with `topic`, anonymous followers are left out). */
     filter?: ((identifier: string) => boolean) | undefined
+    /** Only this instance's followers of this topic (or of any of these), each once, identified or not. */
+    topic?: Topic | Topic[] | undefined
+  }
+
+  export interface GetEventSourceOptions {
+    /** Topics to follow from the start; their messages after a Last-Event-ID are replayed on reconnect. */
+    topics?: Topic | Topic[] | undefined
   }
 
   export interface ReplayInfo {
@@ -170,6 +193,17 @@ declare namespace fastifyEventSources {
     readonly state: Record<string, unknown>
     /** This source's ping policy (the plugin's `ping` option sets its defaults and starts it). */
     readonly ping: PingPolicy
+    /** The topics this source follows now; empty once it has ended. */
+    readonly topics: ReadonlySet<Topic>
+
+    /**
+     * Follows more topics: live messages from now on (only topics declared at open are replayed on reconnect).
+     * Does nothing on an ended source.
+     * @throws FST_ERR_SSE_INVALID_FIELD for a bad topic, before anything changes
+     */
+    subscribe (topics: Topic | Topic[]): this
+    /** Stops following topics. Does nothing on an ended source. @throws FST_ERR_SSE_INVALID_FIELD for a bad topic */
+    unsubscribe (topics: Topic | Topic[]): this
 
     /** @throws FST_ERR_SSE_HEADERS_SENT after the head was written; FST_ERR_SSE_INVALID_HEADER for a bad name or value */
     appendHeader (name: string, value: string): this
@@ -296,6 +330,15 @@ declare namespace fastifyEventSources {
      * `publish<ChatEvents>(data, { event })` checks the event and its data against an event map.
      */
     publish<Events extends object = AnyEvents> (...args: EventArgs<NoInfer<Events>, PublishOptions>): Promise<void>
+    /** This instance's sources following `topic`, identified or not. */
+    subscribers (topic: Topic): HttpRequestEventSource[]
+    /**
+     * The sources matching `to` on every instance follow `topics` from now on (live only). Resolves once this
+     * instance's have joined; other instances apply it when the adapter delivers it.
+     */
+    subscribe (to: SourceSelector, topics: Topic | Topic[]): Promise<void>
+    /** The sources matching `to` on every instance stop following `topics`. */
+    unsubscribe (to: SourceSelector, topics: Topic | Topic[]): Promise<void>
     on<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
     off<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
     once<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
@@ -307,7 +350,7 @@ declare namespace fastifyEventSources {
     event?: string
     id?: string
     retry?: number
-    to?: PublishTarget
+    to?: PublishTarget | TopicTarget
     /**
      * The store's order key, `<int>-<int>` compared as numbers (memory history: `<epoch ms>-<seq>`; Redis: the
      * stream id). Equal to `id` unless an explicit id was given to publish. A source is never written a message
@@ -334,12 +377,26 @@ declare namespace fastifyEventSources {
      * the message it is given, so live delivery can tell a copy of a replayed message.
      */
     append (message: PublishedMessage): string | Promise<string>
-    readAfter (lastEventId: string, identifier: string): ReplayResult | Promise<ReplayResult>
+    /**
+     * Every held message after `lastEventId` for a source with this identifier (undefined: an anonymous source)
+     * following `topics` (those declared at open), in publish order, each once. A store written before topics
+     * existed may ignore `topics`: topic messages are then simply not replayed.
+     */
+    readAfter (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): ReplayResult | Promise<ReplayResult>
+  }
+
+  /** A subscribe or unsubscribe for the sources matching `to`, carried to every instance. */
+  export interface ControlMessage {
+    op: 'subscribe' | 'unsubscribe'
+    to: SourceSelector
+    topics: Topic[]
   }
 
   export interface AdapterHost {
     deliver (message: PublishedMessage): void
     closeOlder (identifier: string, openedAt: number): void
+    /** Applies a subscribe or unsubscribe to this instance's sources. */
+    control (message: ControlMessage): void
     /**
      * Live delivery on this instance missed messages the history no longer holds: every identified source here
      * gets the reset event (`id:` latestId, data `{"lastEventId": lastId}`, lastId being where the loss began).
@@ -363,8 +420,13 @@ declare namespace fastifyEventSources {
     readonly hasHistory: boolean
     attach (host: AdapterHost): void | Promise<void>
     publish (message: PublishedMessage, options?: AdapterPublishOptions): Promise<void>
-    replay (lastEventId: string, identifier: string): Promise<ReplayResult>
+    replay (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): Promise<ReplayResult>
     claim? (identifier: string, openedAt: number): void
+    /**
+     * Carries a subscribe or unsubscribe to every instance, this one included (`host.control`). Without it,
+     * `eventSources.subscribe()` applies to this instance only.
+     */
+    control? (message: ControlMessage): Promise<void>
     close (): Promise<void>
   }
 
@@ -389,8 +451,13 @@ declare namespace fastifyEventSources {
     maxConnectionsPerKey?: number | undefined
     /** The key counted by maxConnectionsPerKey. Default the client IP. */
     connectionKey?: ((request: FastifyRequest) => string) | undefined
-    /** Last-Event-ID history for publish: `{ size }` (default 1000) or false. Ignored with an adapter that brings its own. */
-    history?: { size?: number | undefined } | false | undefined
+    /**
+     * Last-Event-ID history for publish, or false. Ignored with an adapter that brings its own.
+     * - `size`: messages kept per topic, and for the messages to no topic. Default 1000.
+     * - `topics`: topic histories kept; past it the least recently published is dropped. Default 1000.
+     * - `ttl`: a topic history with nothing published for this long (ms) is dropped. Default 3600000 (1 h).
+     */
+    history?: { size?: number | undefined, topics?: number | undefined, ttl?: number | undefined } | false | undefined
     /** Event name sent first when a Last-Event-ID is not in history. Default 'reset'. */
     resetEvent?: string | undefined
     /** How publish reaches other instances. Default: this process only. */
@@ -410,7 +477,7 @@ declare namespace fastifyEventSources {
     requireAccept?: boolean | undefined
   }
 
-  /** The in-memory ring the default adapter keeps history in. */
+  /** One in-memory ring for every message (no per-topic retention); the default is MemoryTopicHistory. */
   export class MemoryHistory implements HistoryStore {
     constructor (size: number, epoch?: number)
     readonly size: number
@@ -419,7 +486,23 @@ declare namespace fastifyEventSources {
     append (message: PublishedMessage, key?: string): string
     /** The id of the held message published with this idempotency key, if any. */
     keyed (key: string): string | undefined
-    readAfter (lastEventId: string, identifier: string): ReplayResult
+    readAfter (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): ReplayResult
+  }
+
+  /** The default history: one ring per topic plus one for the rest, ids from one sequence. */
+  export class MemoryTopicHistory implements HistoryStore {
+    constructor (options?: { size?: number | undefined, topics?: number | undefined, ttl?: number | undefined, epoch?: number | undefined })
+    readonly size: number
+    readonly maxTopics: number
+    readonly ttl: number
+    readonly epoch: string
+    /** Topic histories held now. */
+    readonly topicCount: number
+    /** Stores the message; a key is remembered (see `keyed`) while the message is held. */
+    append (message: PublishedMessage, key?: string): string
+    /** The id of the held message published with this idempotency key, if any. */
+    keyed (key: string): string | undefined
+    readAfter (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): ReplayResult
   }
 
   export const errors: {
