@@ -6,10 +6,11 @@ import {
   FST_ERR_SSE_ALREADY_STREAMING, FST_ERR_SSE_CLOSING, FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD,
   FST_ERR_SSE_TOO_MANY_CONNECTIONS
 } from './errors'
-import { EventSource, publishedIds, type SendOptions, type SourceContext } from './event-source'
+import { EventSource, framePositions, type SendOptions, type SourceContext } from './event-source'
 import { checkEventOptions, eventFrame, messageFrame, serialize } from './frame'
 import type { PublishedMessage } from './history/history'
 import type { Settings } from './options'
+import { parsePosition } from './position'
 import { PingScheduler } from './ping'
 import { WriteScheduler } from './scheduler'
 import { isTarget, type Target } from './target'
@@ -224,10 +225,13 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const adapter = this.#settings.adapter
     const identifier = source.identifier
     const lastEventId = source.lastEventId
-    if (lastEventId === undefined || lastEventId === '' || !adapter.hasHistory) return
+    if (lastEventId === undefined || lastEventId === '') return
     source._replaying = true
-    const replaying = topics.length > 0 ? adapter.replay(lastEventId, identifier, topics) : adapter.replay(lastEventId, identifier)
-    replaying.then(
+    // Without history nothing the client missed can be sent: it gets the gap report, so that it reloads.
+    const reading = !adapter.hasHistory
+      ? Promise.resolve({ messages: [], gap: true })
+      : topics.length > 0 ? adapter.replay(lastEventId, identifier, topics) : adapter.replay(lastEventId, identifier)
+    reading.then(
       result => source._finishReplay(result, this.#settings.resetEvent, lastEventId),
       err => {
         source.request.log.warn({ err, identifier, lastEventId }, 'event source replay failed; reporting a gap')
@@ -270,7 +274,8 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       targets = this.find(identifier => identifier.startsWith(prefix))
     }
     const frame = eventFrame(message)
-    if (message.id !== undefined) publishedIds.set(frame, message.id)
+    const position = parsePosition(message.position)
+    if (position !== undefined) framePositions.set(frame, position)
     this.#ctx.scheduler.fanOut(targets, frame, 'message')
   }
 

@@ -54,7 +54,7 @@ test('trimming one topic reports a gap only to the streams that follow it', asyn
   const store = new MemoryTopicHistory({ size: 2, epoch: 1 })
   store.append({ data: 'q1', to: to('quiet') })
   for (let n = 0; n < 5; n++) store.append({ data: `b${n}`, to: to('busy') })
-  t.same(store.readAfter('1-1', undefined, ['quiet']), { messages: [], gap: false, latestId: '1-6' })
+  t.same(store.readAfter('1-1', undefined, ['quiet']), { messages: [], gap: false, latestId: '1-6', position: '1-6' })
   const both = store.readAfter('1-1', undefined, ['quiet', 'busy'])
   t.same([both.gap, both.messages.map(m => m.data)], [true, ['b3', 'b4']])
   t.equal(store.readAfter('1-4', undefined, ['busy']).gap, false, 'an id still inside the ring: no gap')
@@ -68,7 +68,7 @@ test('the least recently published topic history is dropped first, and ttl drops
   store.append({ data: 'a again', to: to('a') })
   store.append({ data: 'c', to: to('c') })
   t.equal(store.topicCount, 2)
-  t.same(store.readAfter('1-1', undefined, ['a']), { messages: [{ data: 'a again', to: to('a'), id: '1-3' }], gap: false, latestId: '1-4' }, 'a was published last: kept')
+  t.same(store.readAfter('1-1', undefined, ['a']), { messages: [{ data: 'a again', to: to('a'), id: '1-3', position: '1-3' }], gap: false, latestId: '1-4', position: '1-4' }, 'a was published last: kept')
   t.equal(store.readAfter('1-1', undefined, ['b']).gap, true, 'b was dropped')
   t.equal(store.readAfter('1-4', undefined, ['b']).gap, false, 'nothing dropped after 1-4')
 

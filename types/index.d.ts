@@ -102,6 +102,8 @@ declare namespace fastifyEventSources {
     readonly bufferedAmount: number
     /** Messages discarded under `slowClient: 'drop'`. */
     readonly droppedMessages: number
+    /** Pings discarded under `slowClient: 'drop'` because they would have passed `maxBufferedBytes`. */
+    readonly droppedPings: number
     /** Set once a Last-Event-ID replay is done. */
     readonly replay: ReplayInfo | undefined
     /** Set once the source is no longer active. */
@@ -192,15 +194,31 @@ declare namespace fastifyEventSources {
     id?: string
     retry?: number
     to?: PublishTarget
+    /**
+     * The store's order key, `<int>-<int>` compared as numbers (memory history: `<epoch ms>-<seq>`; Redis: the
+     * stream id). Equal to `id` unless an explicit id was given to publish. A source is never written a message
+     * at or before the last position it was given.
+     */
+    position?: string
   }
 
   export interface ReplayResult {
     messages: PublishedMessage[]
     gap: boolean
     latestId?: string
+    /**
+     * The position of the newest message the store held when it was read, whoever it was for: a live copy of
+     * any message at or before it was either in `messages` or not for this source. Defaults to `latestId` when
+     * that is a position.
+     */
+    position?: string
   }
 
   export interface HistoryStore {
+    /**
+     * Stores the message and returns its SSE id. A store that orders its messages sets `message.position` on
+     * the message it is given, so live delivery can tell a copy of a replayed message.
+     */
     append (message: PublishedMessage): string | Promise<string>
     /**
      * Every held message after `lastEventId` for a source with this identifier (undefined: an anonymous source)

@@ -8,7 +8,9 @@ import eventSources, {
   type EventSourceCollection,
   type FastifyEventSourcesOptions,
   type HttpRequestEventSource,
-  type PingPolicy
+  type PingPolicy,
+  type PublishedMessage,
+  type ReplayResult
 } from './index'
 import required = require('./index')
 
@@ -73,6 +75,16 @@ test('a source\'s properties', () => {
   expect(() => { sse.isActive = false }).type.toRaiseError()
   expect(() => { sse.identifier = 'other' }).type.toRaiseError()
   expect(() => { sse.sentContentLength = 0 }).type.toRaiseError()
+  expect(sse.droppedMessages).type.toBe<number>()
+  expect(sse.droppedPings).type.toBe<number>()
+  expect(() => { sse.droppedPings = 0 }).type.toRaiseError()
+})
+
+test('positions on published messages and replay results', () => {
+  expect<PublishedMessage>().type.toBeAssignableFrom({ data: 'x', id: 'order-1', position: '1795263336709-3' })
+  expect<PublishedMessage>().type.not.toBeAssignableFrom({ data: 'x', position: 3 })
+  expect<ReplayResult>().type.toBeAssignableFrom({ messages: [], gap: false, position: '1-2' })
+  expect<ReplayResult>().type.not.toBeAssignableFrom({ messages: [], gap: false, position: [1, 2] })
 })
 
 test('a source\'s methods', () => {

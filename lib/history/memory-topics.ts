@@ -86,6 +86,7 @@ export class MemoryTopicHistory implements HistoryStore {
   readonly epoch: string
   #seq = 0
   #latestId: string | undefined
+  #latestPosition: string | undefined
   #plain = new Ring()
   /** Least recently published first: a Map keeps insertion order, and a publish re-inserts its topics. */
   #topics = new Map<string, Ring>()
@@ -111,9 +112,12 @@ export class MemoryTopicHistory implements HistoryStore {
     const now = Date.now()
     this.#expire(now)
     const seq = ++this.#seq
-    const id = message.id ?? this.epoch + '-' + seq
-    const held: Held = { seq, message: message.id === undefined ? { ...message, id } : message, key, rings: 0 }
+    const position = this.epoch + '-' + seq
+    const id = message.id ?? position
+    const held: Held = { seq, message: { ...message, id, position }, key, rings: 0 }
+    message.position = position
     this.#latestId = id
+    this.#latestPosition = position
     if (key !== undefined) this.#keys.set(key, id)
     const topics = topicsOf(message.to)
     if (topics === undefined) {
@@ -173,7 +177,7 @@ export class MemoryTopicHistory implements HistoryStore {
       previous = held.seq
       messages.push(held.message)
     }
-    return this.#latestId === undefined ? { messages, gap } : { messages, gap, latestId: this.#latestId }
+    return this.#latestId === undefined ? { messages, gap } : { messages, gap, latestId: this.#latestId, position: this.#latestPosition }
   }
 
   /** The seq a Last-Event-ID stands for, or -1 when this store cannot place it (another epoch, or an unknown id). */
