@@ -250,6 +250,13 @@ function writeReport (results) {
     out.push('')
   }
 
+  // Written by bench/stream.js, which has its own run; kept when this report is regenerated.
+  const streamRows = path.join(__dirname, 'stream.md')
+  if (fs.existsSync(streamRows)) {
+    out.push(fs.readFileSync(streamRows, 'utf8').trim())
+    out.push('')
+  }
+
   const findings = path.join(__dirname, 'findings.md')
   if (fs.existsSync(findings)) {
     out.push(fs.readFileSync(findings, 'utf8').trim())

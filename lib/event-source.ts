@@ -8,9 +8,10 @@ import type { ReplayResult } from './history/history'
 import { checkHeader, STREAM_HEADERS, type Settings } from './options'
 import { PingPolicy, type PingScheduler } from './ping'
 import { follows, later, parsePosition, type Position } from './position'
+import { pipe } from './producer'
 import type { WriteScheduler } from './scheduler'
 import { checkTopics, type TopicIndex } from './topics'
-import type { CloseReason, HttpRequestEventSource, ReplayInfo, SendOptions } from '../types/index'
+import type { CloseReason, HttpRequestEventSource, ReplayInfo, SendOptions, StreamOptions, StreamSource } from '../types/index'
 
 export type WriteKind = 'message' | 'ping' | 'comment'
 
@@ -166,11 +167,12 @@ export class EventSource implements HttpRequestEventSource {
       return Promise.reject(err)
     }
     if (!sent) return Promise.resolve(false)
-    if (this._queue !== null || this.#out.writableNeedDrain) return new Promise(resolve => { (this.#drainWaiters ??= []).push(resolve) })
-    // Node hands a response's writes to the kernel only at the end of the tick. With a bound under the socket's
-    // high-water mark no write asks for a drain before the bound is passed, so give the socket that turn first.
-    if (this.bufferedAmount * 2 > this.#ctx.settings.maxBufferedBytes) return new Promise(resolve => setImmediate(() => resolve(this.#active)))
-    return Promise.resolve(true)
+    const room = this._room()
+    return typeof room === 'boolean' ? Promise.resolve(room) : room
+  }
+
+  stream<T> (source: StreamSource<T>, options?: StreamOptions<T>): Promise<number> {
+    return pipe(this, source, options)
   }
 
   comment (text: string): boolean {
@@ -359,6 +361,16 @@ export class EventSource implements HttpRequestEventSource {
       if (!this.#res.write(chunk)) this.#ctx.scheduler.watchDrain(this)
     }
     if (this._queue !== null) this.#ctx.scheduler.defer(this)
+  }
+
+  /** @internal true when the socket has room for another message now, false once the source ended, else a promise of either */
+  _room (): boolean | Promise<boolean> {
+    if (!this.#active) return false
+    if (this._queue !== null || this.#out.writableNeedDrain) return new Promise(resolve => { (this.#drainWaiters ??= []).push(resolve) })
+    // Node hands a response's writes to the kernel only at the end of the tick. With a bound under the socket's
+    // high-water mark no write asks for a drain before the bound is passed, so give the socket that turn first.
+    if (this.bufferedAmount * 2 > this.#ctx.settings.maxBufferedBytes) return new Promise(resolve => setImmediate(() => resolve(this.#active)))
+    return true
   }
 
   /** @internal the response's drain event */

@@ -1,4 +1,5 @@
 import type { EventEmitter } from 'node:events'
+import type { Readable } from 'node:stream'
 import type { FastifyBaseLogger, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import type { FastifyError, FastifyErrorConstructor } from '@fastify/error'
 
@@ -51,6 +52,34 @@ declare namespace fastifyEventSources {
    * more topics (identified or not; each once), or (absent) every identified source.
    */
   export type PublishTarget = SourceSelector | { topic: Topic | Topic[] }
+
+  /** What `stream()` pulls from: an async iterable, an iterable (not a string), a Node Readable or a Web ReadableStream. */
+  export type StreamSource<T> = (AsyncIterable<T> | Iterable<T> | Readable | ReadableStream<T>) & NotAString
+
+  /** A string is iterable, one character at a time: `stream()` refuses it (send it instead). */
+  export interface NotAString {
+    readonly charAt?: never
+  }
+
+  /** An item of a stream as `map` receives it: the decoded text of a byte chunk, or the item itself. */
+  export type StreamItem<T> = T extends Uint8Array ? string : T
+
+  /** One message made by `map` from an item. */
+  export interface StreamMessage extends SendOptions {
+    /** A string as it is; any other value through the serializer. */
+    data?: unknown
+  }
+
+  export interface StreamOptions<T = unknown> {
+    /** Names every event (and each message whose `map` result has no `event`). No CR, LF or NUL. */
+    event?: string
+    /**
+     * Turns an item into a message, or skips it by returning `undefined`. A byte stream's items arrive as the
+     * decoded text of each chunk (a Node Readable's items are typed `unknown`: Buffers arrive as text).
+     */
+    map? (item: StreamItem<T>): StreamMessage | undefined
+  }
+
 
   export interface PublishOptions extends SendOptions {
     to?: PublishTarget
@@ -138,6 +167,17 @@ declare namespace fastifyEventSources {
     send (data?: unknown, options?: SendOptions): boolean
     /** As send, resolving true once the socket took the message and needs no drain; false if the source ends first. */
     sendAsync (data?: unknown, options?: SendOptions): Promise<boolean>
+    /**
+     * Pipes a producer into this stream, one message per item, pulling the next item only when the socket has
+     * room (the producer runs at the client's pace). Strings are the data; bytes are decoded as UTF-8 text with a
+     * streaming decoder; other values go through the serializer. Never closes the stream. Resolves with the
+     * number of messages sent once the producer is done, or at once when the stream ends first (the producer is
+     * stopped: `return()` on its iterator, `destroy()` on a Readable, `cancel()` on a ReadableStream's reader).
+     * Rejects with the producer's own error (the stream stays open), or without writing a bad item:
+     * FST_ERR_SSE_INVALID_FIELD (a bad event/id/retry, a bad source such as a string, bad options) or
+     * FST_ERR_SSE_SERIALIZATION. Give the producer `signal` so it can stop its own work too.
+     */
+    stream<T> (source: StreamSource<T>, options?: StreamOptions<T>): Promise<number>
     /** Writes a comment (`: text`), invisible to the client's handlers. */
     comment (text: string): boolean
     /** Writes the response head now, so the client's `open` fires. */

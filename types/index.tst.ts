@@ -1,3 +1,4 @@
+import { Readable } from 'node:stream'
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import { expect, test } from 'tstyche'
 import eventSources, {
@@ -10,7 +11,9 @@ import eventSources, {
   type HttpRequestEventSource,
   type PingPolicy,
   type PublishedMessage,
-  type ReplayResult
+  type ReplayResult,
+  type StreamMessage,
+  type StreamOptions
 } from './index'
 import required = require('./index')
 
@@ -112,6 +115,43 @@ test('a source\'s methods', () => {
   expect(sse.waitForFail(1000)).type.toBe<Promise<void>>()
   expect(sse.waitForFail()).type.toRaiseError()
   expect(sse.waitForFail('1s')).type.toRaiseError()
+})
+
+test('stream(): every kind of source, typed items for map, and no string', () => {
+  const sse = {} as HttpRequestEventSource
+  async function * tokens (): AsyncGenerator<{ text: string }> {
+    yield { text: 'a' }
+  }
+  expect(sse.stream(tokens())).type.toBe<Promise<number>>()
+  expect(sse.stream(['a', 'b'])).type.toBe<Promise<number>>()
+  expect(sse.stream(new Set([1, 2]))).type.toBe<Promise<number>>()
+  expect(sse.stream(Readable.from(['a']))).type.toBe<Promise<number>>()
+  expect(sse.stream(new ReadableStream<string>())).type.toBe<Promise<number>>()
+  expect(sse.stream(tokens(), { event: 'token' })).type.toBe<Promise<number>>()
+
+  sse.stream(tokens(), {
+    map: item => {
+      expect(item).type.toBe<{ text: string }>()
+      return item.text === '' ? undefined : { data: item.text, event: 'token', id: '1', retry: 10 }
+    }
+  })
+  // A byte stream's map receives the decoded text of each chunk.
+  sse.stream(new ReadableStream<Uint8Array>(), { map: text => { expect(text).type.toBe<string>(); return { data: text } } })
+  sse.stream([Buffer.from('x')], { map: text => { expect(text).type.toBe<string>(); return undefined } })
+  // A Readable's items are untyped; a map may still say what it expects.
+  expect(sse.stream(Readable.from(['a']), { map: (text: string) => ({ data: text }) })).type.not.toRaiseError()
+  expect<StreamOptions<number>['map']>().type.toBe<((item: number) => StreamMessage | undefined) | undefined>()
+
+  expect(sse.stream('a string')).type.toRaiseError()
+  expect(sse.stream(Object('boxed') as string)).type.toRaiseError()
+  expect(sse.stream(42)).type.toRaiseError()
+  expect(sse.stream({ a: 1 })).type.toRaiseError()
+  expect(sse.stream()).type.toRaiseError()
+  expect(sse.stream(tokens(), { event: 1 })).type.toRaiseError()
+  expect(sse.stream(tokens(), { map: () => 'data' })).type.toRaiseError()
+  expect(sse.stream(tokens(), { map: item => ({ data: item, id: 1 }) })).type.toRaiseError()
+  expect(sse.stream(tokens(), { map: (item: number) => ({ data: item }) })).type.toRaiseError()
+  expect(sse.stream(tokens(), { other: true })).type.toRaiseError()
 })
 
 test('withPing and the ping policy', () => {
