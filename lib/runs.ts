@@ -225,12 +225,21 @@ export class Runs {
     return true
   }
 
+  /**
+   * Nobody holds the run's lease: end it as lost unless it has an end already (the store writes it once, numbered
+   * after the last event it holds), then have this instance's followers read the end from the log.
+   */
   async #lost (key: string): Promise<void> {
-    const page = await this.#store.state(key)
-    if (page === undefined || page.state !== 'running' || this.#running.has(key)) return
-    // Only the store knows how many events the lost run stored; it numbers the end event itself.
+    if (this.#running.has(key)) return
     const settings = checkRunOptions(undefined)
     await this.#store.finish(key, { n: 0, message: { event: settings.endEvent, data: JSON.stringify({ reason: 'lost' }), to: { topic: key } }, end: true }, settings)
+    const set = this.#followers.get(key)
+    if (set === undefined) return
+    for (const follower of set) {
+      if (follower.paging) continue
+      follower.paging = true
+      this.#page(follower).catch(() => follower.source.close())
+    }
   }
 
   /** An event stored on any instance, delivered to this instance's followers in order, each once. */

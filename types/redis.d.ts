@@ -22,6 +22,12 @@ declare namespace redisAdapter {
     publishTimeout?: number
     /** Milliseconds plugin registration may wait for the first connection. Default 10000. */
     connectTimeout?: number
+    /**
+     * Resumable runs: `lease` (ms, default 10000) is how long a producer's hold on its key lasts without renewal
+     * (renewed every quarter of it). When the instance running a producer dies, followers elsewhere get the end
+     * event with reason 'lost' within about `lease` plus a quarter of it (under 15 s by default).
+     */
+    runs?: { lease?: number }
   }
 
   export interface RedisAdapter extends EventSourceAdapter {

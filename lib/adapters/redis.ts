@@ -4,6 +4,8 @@ import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_INVALID_OPTION, FST_ERR_SSE_PUBLISH_FA
 import { APPEND_AND_PUBLISH, RedisStreamsHistory, decode, encode } from '../history/redis-streams'
 import { isAfter } from '../position'
 import type { AdapterHost, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
+import type { RunSink } from '../runs'
+import { RedisRunStore } from './redis-runs'
 import type { RedisAdapterOptions } from '../../types/redis'
 
 const SCRIPT_SHA = createHash('sha1').update(APPEND_AND_PUBLISH).digest('hex')
@@ -44,6 +46,8 @@ class RedisAdapter implements EventSourceAdapter {
   #maxLen: number
   #timeout: number
   #connectTimeout: number
+  #runLease: number
+  #runs: RedisRunStore | undefined
   #client: Redis | undefined
   #owned: Redis[] = []
   #history: RedisStreamsHistory | undefined
@@ -72,6 +76,9 @@ class RedisAdapter implements EventSourceAdapter {
     this.#maxLen = history === false ? 0 : positive('history.maxLen', history?.maxLen, 1000)
     this.#timeout = positive('publishTimeout', options.publishTimeout, 2000)
     this.#connectTimeout = positive('connectTimeout', options.connectTimeout, 10_000)
+    const runs = options.runs
+    if (runs !== undefined && (typeof runs !== 'object' || runs === null)) fail('runs', 'must be { lease }')
+    this.#runLease = positive('runs.lease', runs?.lease, 10_000)
     this.hasHistory = history !== false
     this.channelPrefix = prefix
     this.streamKey = prefix + 'stream'
@@ -134,8 +141,22 @@ class RedisAdapter implements EventSourceAdapter {
     })
   }
 
+  /** Runs through Redis: followed and cancelled from any instance, one producer per key in the whole cluster. */
+  runStore (sink: RunSink): RedisRunStore {
+    return (this.#runs ??= new RedisRunStore(this.channelPrefix, { lease: this.#runLease }, sink, () => this.#openRuns(), message => this.#host?.deliver(message)))
+  }
+
+  async #openRuns (): Promise<[Redis, Redis]> {
+    const client = this.#client
+    if (client === undefined || this.#closed) throw new FST_ERR_SSE_ADAPTER(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
+    const subscriber = this.#own((this.#userClient ?? client).duplicate({ enableOfflineQueue: false, lazyConnect: false }))
+    await this.#ready(subscriber)
+    return [client, subscriber]
+  }
+
   /** Closes the connections this adapter opened; a client passed in stays open. */
   async close (): Promise<void> {
+    await this.#runs?.close()
     this.#closed = true
     const owned = this.#owned
     this.#owned = []
