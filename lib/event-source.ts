@@ -35,6 +35,7 @@ export const framePositions = new WeakMap<Buffer, Position>()
 const HOP_BY_HOP = ['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection']
 
 const kSource = Symbol('fastify-event-sources.source')
+const EMPTY = Buffer.alloc(0)
 /** Frames a source waiting for drain queues before they are packed into one buffer. */
 const PACK = 8
 /**
@@ -76,6 +77,8 @@ export class EventSource implements HttpRequestEventSource {
   _replaying = false
   /** @internal the position of the last published message written (or queued) here, or the replay's end */
   _position: Position | undefined = undefined
+  /** @internal past the bound during a sliced fan-out: the next flush ends it */
+  _overBound = false
   /** @internal the key counted by maxConnectionsPerKey */
   _key: string | undefined
 
@@ -169,8 +172,30 @@ export class EventSource implements HttpRequestEventSource {
       return Promise.reject(err)
     }
     if (!sent) return Promise.resolve(false)
-    const room = this._room()
-    return typeof room === 'boolean' ? Promise.resolve(room) : room
+    if (this._queue !== null || this.#out.writableNeedDrain) {
+      return new Promise<boolean>(resolve => { (this.#drainWaiters ??= []).push(resolve) }).then(ok => ok && this.#belowHalfBound())
+    }
+    return this.#belowHalfBound()
+  }
+
+  /**
+   * With a bound under the socket's high-water mark no write asks for a drain before the bound is passed, so a
+   * `drain` may never come: past half the bound, wait until what is buffered has really reached the kernel (an
+   * empty write's callback runs after every earlier chunk was written out).
+   */
+  #belowHalfBound (): Promise<boolean> {
+    if (!this.#active) return Promise.resolve(false)
+    if (this.bufferedAmount * 2 <= this.#ctx.settings.maxBufferedBytes) return Promise.resolve(true)
+    const signal = this.signal
+    return new Promise(resolve => {
+      const done = (err?: Error | null): void => {
+        signal.removeEventListener('abort', onEnd)
+        resolve(err == null && this.#active)
+      }
+      const onEnd = (): void => { done() }
+      signal.addEventListener('abort', onEnd, { once: true })
+      this.#out.write(EMPTY, done)
+    })
   }
 
   stream<T> (source: StreamSource<T>, options?: StreamOptions<T>): Promise<number> {
@@ -255,7 +280,7 @@ export class EventSource implements HttpRequestEventSource {
 
   /** @internal the one path every frame takes to this source's socket */
   _write (frame: Buffer, kind: WriteKind): boolean {
-    if (!this.#active) return false
+    if (!this.#active || this._overBound) return false
     if (this._queue !== null || this._replaying || this.#ctx.settings.batch || this.#out.writableLength >= SOFT_LIMIT) return this._enqueue(frame, kind)
     const position = kind === 'message' ? framePositions.get(frame) : undefined
     if (position !== undefined && !this.#advances(position)) return false
@@ -272,15 +297,18 @@ export class EventSource implements HttpRequestEventSource {
     return true
   }
 
-  /** @internal queues a frame for the next flush, within the memory bound */
-  _enqueue (frame: Buffer, kind: WriteKind): boolean {
-    if (!this.#active) return false
+  /**
+   * @internal queues a frame for the next flush, within the memory bound. `sliced`: a deferred fan-out share, whose
+   * source, if over the bound, is ended by the sliced flush rather than on the spot.
+   */
+  _enqueue (frame: Buffer, kind: WriteKind, sliced = false): boolean {
+    if (!this.#active || this._overBound) return false
     // During a replay its end is not known yet: the queue is sorted out once it is.
     const position = kind === 'message' && !this._replaying ? framePositions.get(frame) : undefined
     if (position !== undefined && !this.#advances(position)) return false
     // A queued frame goes out later: send the head now so the client's open is not held back by a replay or a tick.
     if (!this.#headWritten) this.flush()
-    if (!this.#fits(frame.length + this._queuedBytes, kind)) return false
+    if (!this.#fits(frame.length + this._queuedBytes, kind, sliced)) return false
     if (position !== undefined) this._position = position
     if (this._queue === null) {
       this._queue = [frame]
@@ -440,7 +468,7 @@ export class EventSource implements HttpRequestEventSource {
     return this._position === undefined || follows(position, this._position)
   }
 
-  #fits (bytes: number, kind: WriteKind): boolean {
+  #fits (bytes: number, kind: WriteKind, sliced = false): boolean {
     const settings = this.#ctx.settings
     if (this.#out.writableLength + bytes <= settings.maxBufferedBytes) return true
     if (settings.slowClient === 'drop') {
@@ -448,7 +476,12 @@ export class EventSource implements HttpRequestEventSource {
       else if (kind === 'ping') this.droppedPings++
       return false
     }
-    this.#end('slow-client', true)
+    if (sliced) {
+      this._overBound = true
+      this.#ctx.scheduler.defer(this)
+    } else {
+      this.#end('slow-client', true)
+    }
     return false
   }
 

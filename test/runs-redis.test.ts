@@ -120,7 +120,7 @@ test('Redis: cancel() from another instance aborts the producer and ends every f
   t.equal(result.reason, 'cancelled')
   t.equal(state.signal?.aborted, true)
   await Promise.all([onA.ended, onB.ended])
-  t.ok(state.stopped)
+  await until(() => state.stopped === true, 3000, 'the generator\'s finally')
   for (const stream of [onA, onB]) {
     t.same([stream.events.at(-1)?.event, stream.events.at(-1)?.data], ['end', '{"reason":"cancelled"}'])
     t.same(stream.events.slice(0, -1).map(e => JSON.parse(e.data).n), Array.from({ length: result.sent }, (_, i) => i + 1))

@@ -77,7 +77,8 @@ test('a follower cut mid-run resumes with EventSource: every event once, in orde
   sources[0].close()
   await until(() => seen.length >= 60, 5000, 'sixty events')
   // A cut socket, this time: the client only sees the connection drop.
-  sources[sources.length - 1]._destroy()
+  const cut = sources[sources.length - 1] as unknown as { _destroy: () => void }
+  cut._destroy()
   await until(() => end !== undefined, 10_000, 'the end event')
   await until(() => counts.refused >= 1, 5000, 'the reconnect after the end')
   await sleep(200)
@@ -120,7 +121,7 @@ test('cancel() aborts the producer\'s signal, the run ends as cancelled, every f
   t.equal(result.reason, 'cancelled')
   t.equal(state.signal?.aborted, true, 'the producer\'s signal aborted')
   await Promise.all([a.ended, b.ended])
-  t.ok(state.stopped, 'the generator\'s finally ran')
+  await until(() => state.stopped === true, 3000, 'the generator\'s finally')
   for (const stream of [a, b]) {
     t.equal(stream.events.at(-1)?.event, 'end')
     t.same(JSON.parse(stream.events.at(-1)?.data ?? ''), { reason: 'cancelled' })

@@ -16,6 +16,7 @@ declare module 'fastify' {
      * @throws FST_ERR_SSE_ALREADY_STREAMING on a second call for the same request
      * @throws FST_ERR_SSE_TOO_MANY_CONNECTIONS (503, with Retry-After set) beyond a connection limit
      * @throws FST_ERR_SSE_INVALID_FIELD for a bad identifier or topic, before anything is written
+     * @throws FST_ERR_SSE_ADAPTER on a route of a context made before the plugin was registered
      */
     getEventSource (identifier?: string, options?: fastifyEventSources.GetEventSourceOptions): fastifyEventSources.HttpRequestEventSource
   }
@@ -31,11 +32,11 @@ declare namespace fastifyEventSources {
 
   export interface SendOptions {
     /** Event name (`addEventListener(event, ...)` on the client). No CR, LF or NUL. */
-    event?: string
+    event?: string | undefined
     /** Event id; the client sends it back as Last-Event-ID. `''` resets it. No CR, LF or NUL. */
-    id?: string
+    id?: string | undefined
     /** Reconnection delay in ms for the client; a non-negative integer. */
-    retry?: number
+    retry?: number | undefined
   }
 
   /**
@@ -169,19 +170,19 @@ declare namespace fastifyEventSources {
   }
 
   export interface PublishOptions extends SendOptions {
-    to?: PublishTarget
+    to?: PublishTarget | undefined
   }
 
   export interface BroadcastOptions extends SendOptions {
     /** Only sources whose identifier passes receive the message (with `topic`, anonymous followers are left out). */
-    filter?: (identifier: string) => boolean
+    filter?: ((identifier: string) => boolean) | undefined
     /** Only this instance's followers of this topic (or of any of these), each once, identified or not. */
-    topic?: Topic | Topic[]
+    topic?: Topic | Topic[] | undefined
   }
 
   export interface GetEventSourceOptions {
     /** Topics to follow from the start; their messages after a Last-Event-ID are replayed on reconnect. */
-    topics?: Topic | Topic[]
+    topics?: Topic | Topic[] | undefined
   }
 
   export interface ReplayInfo {
@@ -252,7 +253,10 @@ declare namespace fastifyEventSources {
      * @throws FST_ERR_SSE_INVALID_FIELD for a bad event, id or retry; FST_ERR_SSE_SERIALIZATION if serializing fails
      */
     send (data?: unknown, options?: SendOptions): boolean
-    /** As send, resolving true once the socket took the message and needs no drain; false if the source ends first. */
+    /**
+     * As send, resolving true once the socket took the message and needs no drain (past half of maxBufferedBytes,
+     * once what is buffered has reached the kernel); false if the source ends first.
+     */
     sendAsync (data?: unknown, options?: SendOptions): Promise<boolean>
     /**
      * Pipes a producer into this stream, one message per item, pulling the next item only when the socket has
@@ -412,44 +416,44 @@ declare namespace fastifyEventSources {
 
   export interface FastifyEventSourcesOptions {
     /** Turns non-string data into text. Default JSON.stringify. */
-    serializer?: (value: unknown) => string
+    serializer?: ((value: unknown) => string) | undefined
     /** Sent as `retry:` when a stream opens (ms). */
-    retry?: number
+    retry?: number | undefined
     /** A ping policy started on every source; off by default. */
-    ping?: { interval?: number, dataMessage?: string } | false
+    ping?: { interval?: number | undefined, dataMessage?: string | undefined } | false | undefined
     /** Extra headers for every stream. */
-    headers?: Record<string, string>
+    headers?: Record<string, string> | undefined
     /** Bound on what one source may hold unsent (socket buffer + queue). Default 1 MiB. */
-    maxBufferedBytes?: number
+    maxBufferedBytes?: number | undefined
     /** Past maxBufferedBytes: 'close' ends the source (default), 'drop' discards the new message. */
-    slowClient?: 'close' | 'drop'
+    slowClient?: 'close' | 'drop' | undefined
     /** A source waiting for drain longer than this (ms) is ended. Default 30000. */
-    drainTimeout?: number
+    drainTimeout?: number | undefined
     /** Open streams per instance, identified or not. Default unlimited. */
-    maxConnections?: number
+    maxConnections?: number | undefined
     /** Open streams per connectionKey. Default unlimited. */
-    maxConnectionsPerKey?: number
+    maxConnectionsPerKey?: number | undefined
     /** The key counted by maxConnectionsPerKey. Default the client IP. */
-    connectionKey?: (request: FastifyRequest) => string
+    connectionKey?: ((request: FastifyRequest) => string) | undefined
     /**
      * Last-Event-ID history for publish, or false. Ignored with an adapter that brings its own.
      * - `size`: messages kept per topic, and for the messages to no topic. Default 1000.
      * - `topics`: topic histories kept; past it the least recently published is dropped. Default 1000.
      * - `ttl`: a topic history with nothing published for this long (ms) is dropped. Default 3600000 (1 h).
      */
-    history?: { size?: number, topics?: number, ttl?: number } | false
+    history?: { size?: number | undefined, topics?: number | undefined, ttl?: number | undefined } | false | undefined
     /** Event name sent first when a Last-Event-ID is not in history. Default 'reset'. */
-    resetEvent?: string
+    resetEvent?: string | undefined
     /** How publish reaches other instances. Default: this process only. */
-    adapter?: EventSourceAdapter
+    adapter?: EventSourceAdapter | undefined
     /** Coalesce writes: every source's messages of one tick go out in one socket write. Default false. */
-    batch?: boolean
+    batch?: boolean | undefined
     /** Longest a fan-out (broadcast, publish, ping round) blocks the event loop before yielding, in ms. Default 50. */
-    fanOutSlice?: number
+    fanOutSlice?: number | undefined
     /** On fastify.close(), how long (ms) ended streams may take to flush before their sockets are cut. Default 1000. */
-    closeGrace?: number
+    closeGrace?: number | undefined
     /** Also read the last event id from this query parameter when the header is absent. Off by default. */
-    lastEventIdQuery?: string | false
+    lastEventIdQuery?: string | false | undefined
   }
 
   /** One in-memory ring for every message (no per-topic retention); the default is MemoryTopicHistory. */

@@ -208,3 +208,16 @@ test('errors and extras', () => {
   expect(new MemoryHistory(10).size).type.toBe<number>()
   expect<CloseReason>().type.toBe<'close' | 'client' | 'error' | 'timeout' | 'slow-client' | 'drain-timeout' | 'replaced' | 'shutdown' | 'ping-failed'>()
 })
+
+test('exactOptionalPropertyTypes: an optional option or field may be given as undefined, as the runtime accepts', () => {
+  const maybe = undefined as string | undefined
+  const sse = {} as HttpRequestEventSource
+  expect(sse.send('x', { event: maybe, id: maybe, retry: undefined })).type.toBe<boolean>()
+  expect(sse.sendAsync('x', { event: maybe })).type.toBe<Promise<boolean>>()
+  expect(app.eventSources.broadcast('x', { event: maybe, filter: undefined })).type.toBe<number>()
+  expect(app.eventSources.publish('x', { to: maybe, id: maybe })).type.toBe<Promise<void>>()
+  expect(app.register(eventSources, { maxConnections: undefined, ping: { interval: undefined }, history: { size: undefined } })).type.not.toRaiseError()
+  expect(app.register(eventSources, { serializer: undefined, connectionKey: undefined, lastEventIdQuery: undefined })).type.not.toRaiseError()
+  expect(sse.send('x', { event: null })).type.toRaiseError()
+  expect(app.register(eventSources, { maxConnections: null })).type.toRaiseError()
+})
