@@ -375,13 +375,25 @@ export class Runs {
     const now = Date.now()
     for (const run of this.#running.values()) {
       const after = run.settings.abandonAfter
-      if (after === undefined || this.#followers.has(run.key)) continue
+      if (after === undefined) continue
+      if (this.#followers.has(run.key)) {
+        run.lonelySince = now
+        continue
+      }
       if (now - run.lonelySince >= after) run.controller.abort('abandoned')
     }
     const every = Math.max(1, Math.round(this.#store.beatInterval / MEMORY_BEAT))
     if (++this.#beats % every === 0 && !this.#beating) {
       this.#beating = true
       this.#store.beat([...this.#running.keys()], [...this.#followers.keys()])
+        .then(followed => {
+          // Followed on another instance: not abandoned.
+          const at = Date.now()
+          for (const key of followed ?? []) {
+            const run = this.#running.get(key)
+            if (run !== undefined) run.lonelySince = at
+          }
+        })
         .catch(err => this.#log.warn({ err }, 'fastify-event-sources: the runs beat failed'))
         .finally(() => { this.#beating = false })
     }
@@ -501,7 +513,7 @@ export class MemoryRunStore implements RunStore {
     return false
   }
 
-  async beat (): Promise<void> {
+  async beat (): Promise<undefined> {
     const now = Date.now()
     for (const [key, run] of this.#runs) if (run.expiresAt <= now) this.#runs.delete(key)
   }

@@ -137,6 +137,22 @@ test('Redis: a replay is read in bounded pieces', async t => {
   t.same(stream.events.slice(0, -1).map(e => Number(e.data)), Array.from({ length: 1000 }, (_, i) => i))
 })
 
+test('Redis: abandonAfter counts followers on every instance', async t => {
+  const [a, b] = await cluster(t, 2, 800)
+  const running = a.app.eventSources.run('ab', numbers(100_000, 10), { abandonAfter: 600 })
+  while (await a.app.eventSources.runState('ab') !== 'running') await sleep(10)
+  const onB = await readEvents(`${b.url}/runs/ab`)
+  t.teardown(onB.close)
+  let settled = false
+  running.then(() => { settled = true }, () => { settled = true })
+  // Followed on B only, for several times abandonAfter: it goes on.
+  await sleep(2000)
+  t.equal(settled, false, 'not abandoned while another instance has a follower')
+  onB.close()
+  const result = await running
+  t.equal(result.reason, 'cancelled', 'abandoned once nobody follows anywhere')
+})
+
 /** An instance in a child process (the built package), so that it can be killed. */
 class Child {
   readonly child: ChildProcess

@@ -164,8 +164,8 @@ declare namespace fastifyEventSources {
     state (key: string): Promise<{ state: RunState, endId: string | undefined } | undefined>
     /** Asks the instance that runs `key` to stop it; true when a running run was found. */
     cancel (key: string): Promise<boolean>
-    /** The shared timer: runs going on here, runs followed here. */
-    beat (running: readonly string[], followed: readonly string[]): Promise<void>
+    /** The shared timer: runs going on here (renew), runs followed here; resolves with running keys followed elsewhere. */
+    beat (running: readonly string[], followed: readonly string[]): Promise<readonly string[] | undefined>
     close (): Promise<void>
   }
 

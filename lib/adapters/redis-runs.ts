@@ -6,7 +6,7 @@ import type { RunEntry, RunPage, RunSettings, RunSink, RunState, RunStore } from
 
 /** Takes the key: the lease, then a clean log (an ended run of the key is forgotten). */
 const BEGIN = `if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
   return 1
 end
 return 0`
@@ -107,7 +107,7 @@ export class RedisRunStore implements RunStore {
 
   async begin (key: string): Promise<boolean> {
     const k = this.#keys(key)
-    return await (await this.#redis()).eval(BEGIN, 3, k.lease, k.log, k.end, this.#instance, this.#lease) === 1
+    return await (await this.#redis()).eval(BEGIN, 4, k.lease, k.log, k.end, k.followed, this.#instance, this.#lease) === 1
   }
 
   async append (key: string, entry: RunEntry, settings: RunSettings): Promise<void> {
@@ -178,23 +178,33 @@ export class RedisRunStore implements RunStore {
     return true
   }
 
-  async beat (running: readonly string[], followed: readonly string[]): Promise<void> {
+  async beat (running: readonly string[], followed: readonly string[]): Promise<string[]> {
     const client = this.#client
-    if (client?.status !== 'ready') return
+    if (client?.status !== 'ready') return []
     const mine = new Set(running)
     const watched = followed.filter(key => !mine.has(key))
-    if (running.length === 0 && watched.length === 0) return
+    if (running.length === 0 && followed.length === 0) return []
     const pipeline = client.pipeline()
-    for (const key of running) pipeline.eval(RENEW, 1, this.#keys(key).lease, this.#instance, this.#lease)
+    // Followed here: say so for abandonAfter on the producer's instance, for a few beats.
+    for (const key of followed) pipeline.set(this.#keys(key).followed, '1', 'PX', this.beatInterval * 3)
+    for (const key of running) pipeline.eval(RENEW, 1, this.#keys(key).lease, this.#instance, this.#lease).exists(this.#keys(key).followed)
     for (const key of watched) pipeline.exists(this.#keys(key).lease)
     const results = await pipeline.exec()
-    if (results === null) return
-    for (let i = 0; i < watched.length; i++) {
-      const [err, count] = results[running.length + i]
+    if (results === null) return []
+    const seen: string[] = []
+    let i = followed.length
+    for (const key of running) {
+      const [err, count] = results[i + 1]
+      if (err === null && count === 1) seen.push(key)
+      i += 2
+    }
+    for (const key of watched) {
+      const [err, count] = results[i++]
       // No lease: the run ended (its followers here may have missed the end on a dropped subscription) or its
       // producer is gone. Either way the sink ends it as lost if nobody did, and reads the end to its followers.
-      if (err === null && count === 0) this.#sink.lost(watched[i])
+      if (err === null && count === 0) this.#sink.lost(key)
     }
+    return seen
   }
 
   /** The adapter closes the connections. */
@@ -221,9 +231,9 @@ export class RedisRunStore implements RunStore {
     this.#sink.deliver(payload.slice(0, a), entry)
   }
 
-  #keys (key: string): { log: string, lease: string, end: string } {
+  #keys (key: string): { log: string, lease: string, end: string, followed: string } {
     const log = this.#prefix + 'run:' + key
-    return { log, lease: log + ':lease', end: log + ':end' }
+    return { log, lease: log + ':lease', end: log + ':end', followed: log + ':followed' }
   }
 }
 
