@@ -303,6 +303,11 @@ export class Runs {
       }
       first = false
       if (page.entries.length === 0) follower.next = Math.max(follower.next, page.next)
+      if (page.ended) {
+        // It already has the end event (a reload that passed its last id): nothing more will come.
+        source.close()
+        return
+      }
       let end = false
       let last: RunEntry | undefined
       for (const entry of page.entries) {
@@ -500,7 +505,7 @@ export class MemoryRunStore implements RunStore {
     const at = run.start + Math.max(0, from - first)
     const page = entries.slice(at, at + limit)
     const next = page.length > 0 ? page[page.length - 1].n + 1 : Math.max(from, (entries.at(-1)?.n ?? 0) + 1)
-    return { entries: page, gap, next, more: at + limit < entries.length }
+    return { entries: page, gap, next, more: at + limit < entries.length, ended: run.ended !== undefined && from > run.ended.n }
   }
 
   async state (key: string): Promise<{ state: RunState, endId: string | undefined } | undefined> {

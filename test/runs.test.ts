@@ -108,6 +108,24 @@ test('a follower after the end gets the whole run, or the rest after its id, and
   await unknown.body.dump()
 })
 
+test('follow() from the end event\'s id, without the 204 check, closes at once instead of waiting forever', async t => {
+  const { app, url } = await start(t, app => {
+    app.get<{ Params: { key: string } }>('/plain/:key', async request => {
+      await request.getEventSource().follow(request.params.key)
+    })
+  }, { lastEventIdQuery: 'lastEventId' })
+  await app.eventSources.run('r6', ['a'])
+  const first = await readEvents(`${url}/plain/r6`)
+  await first.ended
+  const endId = first.events[1].id as string
+  const again = await readEvents(`${url}/plain/r6?lastEventId=${encodeURIComponent(endId)}`)
+  await again.ended
+  t.same(again.events, [], 'nothing more, and the stream ended')
+  const gone = await readEvents(`${url}/plain/never`)
+  await gone.ended
+  t.same(gone.events, [], 'an unknown run: ended at once')
+})
+
 test('cancel() aborts the producer\'s signal, the run ends as cancelled, every follower gets the end', async t => {
   const { app, url } = await start(t, followRoute())
   const state: { stopped?: boolean, signal?: AbortSignal } = {}

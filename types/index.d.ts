@@ -130,6 +130,8 @@ declare namespace fastifyEventSources {
     next: number
     /** More entries are held after this page. */
     more: boolean
+    /** The requested id is the end event's (or after it): nothing more will come. */
+    ended: boolean
   }
 
   /** Settings of one run, as a store needs them. */

@@ -154,7 +154,7 @@ export class RedisRunStore implements RunStore {
     const from = found === undefined ? 1 : found.n + 1
     const gap = entries.length > 0 && entries[0].n > from
     const next = entries.length > 0 ? entries[entries.length - 1].n + 1 : from
-    return { entries, gap, next, more }
+    return { entries, gap, next, more, ended: found?.end === true }
   }
 
   async state (key: string): Promise<{ state: RunState, endId: string | undefined } | undefined> {
