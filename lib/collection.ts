@@ -25,6 +25,7 @@ export interface BroadcastOptions extends SendOptions {
 
 export interface PublishOptions extends SendOptions {
   to?: Target
+  key?: string
 }
 
 /**
@@ -125,6 +126,10 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   /** Stores the message in history (when on) and delivers it to matching sources on every instance the adapter reaches. */
   async publish (data?: unknown, options?: PublishOptions): Promise<void> {
     const to = publishTarget(options?.to)
+    const key = options?.key
+    if (key !== undefined && (typeof key !== 'string' || key === '' || key.length > 1024 || /[\r\n\0]/.test(key))) {
+      throw new FST_ERR_SSE_INVALID_FIELD('key', 'must be a non-empty string of at most 1024 characters without CR, LF or NUL')
+    }
     const event = options?.event
     const id = options?.id
     const retry = options?.retry
@@ -134,7 +139,8 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     if (id !== undefined) message.id = id
     if (retry !== undefined) message.retry = retry
     if (to !== undefined) message.to = to
-    await this.#settings.adapter.publish(message)
+    if (key === undefined) await this.#settings.adapter.publish(message)
+    else await this.#settings.adapter.publish(message, { key })
   }
 
   /** The sources matching `to` on every instance the adapter reaches follow `topics` from now on. */
@@ -197,6 +203,9 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
         if (source !== undefined && source.openedAt < openedAt) source._end('replaced')
       },
       control: message => this.#applyControl(message),
+      gap: (latestId, lastId) => this.#gap(latestId, lastId),
+      identified: () => Array.from(this.#byId, ([identifier, source]) => [identifier, source.openedAt]),
+      openedAt: identifier => this.#byId.get(identifier)?.openedAt,
       log: this.#log
     }
   }
@@ -331,6 +340,18 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const position = parsePosition(message.position)
     if (position !== undefined) framePositions.set(frame, position)
     this.#ctx.scheduler.fanOut(targets, frame, 'message')
+  }
+
+  /** Live delivery here missed messages no history holds: the reset event, as on a replay gap, to every identified source. */
+  #gap (latestId: string | undefined, lastId: string | undefined): void {
+    const frame = eventFrame({ event: this.#settings.resetEvent, id: latestId, data: JSON.stringify({ lastEventId: lastId ?? null }) })
+    this.#ctx.scheduler.fanOut(this.#publishedTo(), frame, 'message')
+  }
+
+  /** Every source a publish can reach here: the identified ones and the anonymous ones following a topic. */
+  * #publishedTo (): Iterable<EventSource> {
+    yield * this.#byId.values()
+    for (const source of this.#open) if (source.identifier === undefined && source.topics.size > 0) yield source
   }
 
   #lastEventId (request: FastifyRequest): string | undefined {

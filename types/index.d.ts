@@ -173,6 +173,12 @@ declare namespace fastifyEventSources {
 
   export interface PublishOptions extends SendOptions {
     to?: PublishTarget | undefined
+    /**
+     * An idempotency key: a publish retried with the same key while history still holds the first one's message
+     * is stored and delivered once (on every instance). Non-empty, no CR, LF or NUL, at most 1024 characters.
+     * Without history the key is not checked.
+     */
+    key?: string | undefined
   }
 
   export interface BroadcastOptions extends SendOptions {
@@ -396,14 +402,29 @@ declare namespace fastifyEventSources {
     closeOlder (identifier: string, openedAt: number): void
     /** Applies a subscribe or unsubscribe to this instance's sources. */
     control (message: ControlMessage): void
+    /**
+     * Live delivery on this instance missed messages the history no longer holds: every identified source here
+     * gets the reset event (`id:` latestId, data `{"lastEventId": lastId}`, lastId being where the loss began).
+     */
+    gap (latestId: string | undefined, lastId: string | undefined): void
+    /** This instance's identified sources, as [identifier, openedAt]: what it announces again after a reconnect. */
+    identified (): [identifier: string, openedAt: number][]
+    /** When this instance's source with that identifier was opened, if it has one. */
+    openedAt (identifier: string): number | undefined
     log: FastifyBaseLogger
+  }
+
+  /** What publish passes on to the adapter besides the message. */
+  export interface AdapterPublishOptions {
+    /** The idempotency key given to publish. */
+    key?: string | undefined
   }
 
   /** The seam between publish and what carries messages: this process (default) or a broker such as Redis. */
   export interface EventSourceAdapter {
     readonly hasHistory: boolean
     attach (host: AdapterHost): void | Promise<void>
-    publish (message: PublishedMessage): Promise<void>
+    publish (message: PublishedMessage, options?: AdapterPublishOptions): Promise<void>
     replay (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): Promise<ReplayResult>
     claim? (identifier: string, openedAt: number): void
     /**
@@ -463,7 +484,10 @@ declare namespace fastifyEventSources {
     constructor (size: number, epoch?: number)
     readonly size: number
     readonly epoch: string
-    append (message: PublishedMessage): string
+    /** Stores the message; a key is remembered (see `keyed`) while the message is held. */
+    append (message: PublishedMessage, key?: string): string
+    /** The id of the held message published with this idempotency key, if any. */
+    keyed (key: string): string | undefined
     readAfter (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): ReplayResult
   }
 
@@ -476,7 +500,10 @@ declare namespace fastifyEventSources {
     readonly epoch: string
     /** Topic histories held now. */
     readonly topicCount: number
-    append (message: PublishedMessage): string
+    /** Stores the message; a key is remembered (see `keyed`) while the message is held. */
+    append (message: PublishedMessage, key?: string): string
+    /** The id of the held message published with this idempotency key, if any. */
+    keyed (key: string): string | undefined
     readAfter (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): ReplayResult
   }
 

@@ -13,7 +13,10 @@ import eventSources, {
   type PublishedMessage,
   type ReplayResult,
   type StreamMessage,
-  type StreamOptions
+  type StreamOptions,
+  type AdapterHost,
+  type AdapterPublishOptions,
+  type EventSourceAdapter
 } from './index'
 import required = require('./index')
 
@@ -220,4 +223,17 @@ test('exactOptionalPropertyTypes: an optional option or field may be given as un
   expect(app.register(eventSources, { serializer: undefined, connectionKey: undefined, lastEventIdQuery: undefined })).type.not.toRaiseError()
   expect(sse.send('x', { event: null })).type.toRaiseError()
   expect(app.register(eventSources, { maxConnections: null })).type.toRaiseError()
+})
+
+test('publish with an idempotency key; the adapter seam carries it and positions', () => {
+  const sources = app.eventSources
+  expect(sources.publish('x', { key: 'order-42' })).type.toBe<Promise<void>>()
+  expect(sources.publish('x', { key: 42 })).type.toRaiseError()
+  expect(new MemoryHistory(10).keyed('order-42')).type.toBe<string | undefined>()
+  expect<PublishedMessage>().type.toBeAssignableFrom({ data: 'x', id: '1-1', position: '1-1' })
+  expect<PublishedMessage>().type.not.toBeAssignableFrom({ data: 'x', position: 1 })
+  expect<AdapterHost['gap']>().type.toBe<(latestId: string | undefined, lastId: string | undefined) => void>()
+  expect<ReturnType<AdapterHost['identified']>>().type.toBe<[identifier: string, openedAt: number][]>()
+  expect<Parameters<EventSourceAdapter['publish']>[1]>().type.toBe<AdapterPublishOptions | undefined>()
+  expect<AdapterPublishOptions>().type.not.toBeAssignableFrom({ key: null })
 })
