@@ -27,6 +27,8 @@ interface Running {
   failed: unknown
   /** Followers here and, for abandonAfter, when the last one left. */
   lonelySince: number
+  /** Settles once the store has taken (or refused) the key: a follow() right after run() waits for it. */
+  begun: Promise<unknown>
   done: Promise<RunResult> | undefined
 }
 
@@ -96,10 +98,12 @@ export class Runs {
       return Promise.reject(err)
     }
     // Held here before the store is asked, so that two calls in one tick cannot both start.
-    const run: Running = { key, settings, controller: new AbortController(), n: 0, stored: 0, chain: Promise.resolve(), failed: undefined, lonelySince: Date.now(), done: undefined }
+    const run: Running = { key, settings, controller: new AbortController(), n: 0, stored: 0, chain: Promise.resolve(), failed: undefined, lonelySince: Date.now(), begun: Promise.resolve(), done: undefined }
     this.#running.set(key, run)
     this.#arm()
-    return this.#store.begin(key, settings).then(taken => {
+    const begun = this.#store.begin(key, settings)
+    run.begun = begun.catch(() => {})
+    return begun.then(taken => {
       if (!taken) {
         this.#running.delete(key)
         throw new FST_ERR_SSE_RUN_EXISTS(key)
@@ -286,6 +290,7 @@ export class Runs {
   async #page (follower: Follower): Promise<void> {
     const source = follower.source
     let first = true
+    await this.#running.get(follower.key)?.begun
     while (source.isActive) {
       const page = await this.#store.read(follower.key, follower.after, PAGE_EVENTS)
       if (!source.isActive) return

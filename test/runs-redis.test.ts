@@ -214,3 +214,16 @@ test('Redis, separate processes: SIGKILL of the producing instance ends the run 
   t.same(late.events.at(-1)?.data, '{"reason":"lost"}', 'a late follower gets the whole run and the lost end')
   t.same(await b.app.eventSources.run('doomed', ['again']), { sent: 1, reason: 'done' }, 'the key is free again')
 })
+
+test('Redis: follow() right after run() in one handler waits for the key to be taken', async t => {
+  const prefix = runPrefix(t)
+  const { url } = await start(t, app => {
+    app.get('/ask', async request => {
+      app.eventSources.run('now', ['x', 'y']).catch(() => {})
+      await request.getEventSource().follow('now')
+    })
+  }, { adapter: redisAdapter({ url: redisUrl, channelPrefix: prefix }) })
+  const stream = await readEvents(`${url}/ask`)
+  await stream.ended
+  t.same(stream.events.map(e => e.data), ['x', 'y', '{"reason":"done"}'])
+})
