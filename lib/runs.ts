@@ -17,6 +17,8 @@ const MEMORY_BEAT = 1000
 
 interface Running {
   key: string
+  /** One target object for every event of the run. */
+  to: { topic: string }
   settings: RunSettings
   controller: AbortController
   n: number
@@ -98,7 +100,7 @@ export class Runs {
       return Promise.reject(err)
     }
     // Held here before the store is asked, so that two calls in one tick cannot both start.
-    const run: Running = { key, settings, controller: new AbortController(), n: 0, stored: 0, chain: Promise.resolve(), failed: undefined, lonelySince: Date.now(), begun: Promise.resolve(), done: undefined }
+    const run: Running = { key, to: { topic: key }, settings, controller: new AbortController(), n: 0, stored: 0, chain: Promise.resolve(), failed: undefined, lonelySince: Date.now(), begun: Promise.resolve(), done: undefined }
     this.#running.set(key, run)
     this.#arm()
     const begun = this.#store.begin(key, settings)
@@ -201,7 +203,7 @@ export class Runs {
       signal: run.controller.signal,
       send: (data: unknown, options?: SendOptions): boolean => {
         if (run.failed !== undefined) return false
-        const message: PublishedMessage = { data: serialize(data, serializer), to: { topic: run.key } }
+        const message: PublishedMessage = { data: serialize(data, serializer), to: run.to }
         const event = options?.event
         const retry = options?.retry
         checkEventOptions(event, undefined, retry)
@@ -219,7 +221,7 @@ export class Runs {
   }
 
   #endEntry (run: Running, reason: RunEndReason | 'lost'): RunEntry {
-    return { n: ++run.n, message: { event: run.settings.endEvent, data: JSON.stringify({ reason }), to: { topic: run.key } }, end: true }
+    return { n: ++run.n, message: { event: run.settings.endEvent, data: JSON.stringify({ reason }), to: run.to }, end: true }
   }
 
   #cancelHere (key: string): boolean {
