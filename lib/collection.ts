@@ -331,7 +331,14 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       if (source === undefined) return
       targets = [source]
     } else if ('topic' in to) {
-      targets = this.#topics.union(typeof to.topic === 'string' ? [to.topic] : to.topic)
+      if (typeof to.topic === 'string') {
+        // A topic nobody here follows (a run's events, mostly): nothing to frame.
+        const followers = this.#topics.followers(to.topic)
+        if (followers === undefined) return
+        targets = followers
+      } else {
+        targets = this.#topics.union(to.topic)
+      }
     } else {
       const prefix = to.prefix
       targets = this.find(identifier => identifier.startsWith(prefix))

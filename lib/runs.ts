@@ -43,8 +43,10 @@ interface Follower {
   /** The id of the last event written, where a page read resumes. */
   after: string | undefined
   paging: boolean
-  /** Live events that arrived while a page was being read or written. */
+  /** Live events that arrived while a page was being read or written (at most a page of them). */
   pending: RunEntry[]
+  /** More live events came than `pending` holds: read the log again before going live. */
+  overflow: boolean
   resolve: () => void
 }
 
@@ -142,7 +144,7 @@ export class Runs {
     }
     if (!source.isActive) return Promise.resolve()
     return new Promise(resolve => {
-      const follower: Follower = { source, key, next: 1, after: source.lastEventId, paging: true, pending: [], resolve }
+      const follower: Follower = { source, key, next: 1, after: source.lastEventId, paging: true, pending: [], overflow: false, resolve }
       let set = this.#followers.get(key)
       if (set === undefined) this.#followers.set(key, (set = new Set()))
       set.add(follower)
@@ -255,7 +257,9 @@ export class Runs {
     let frame: Buffer | undefined
     for (const follower of set) {
       if (follower.paging) {
-        follower.pending.push(entry)
+        // A follower held back by its socket must not hold every live event meanwhile: the log has them.
+        if (follower.pending.length < PAGE_EVENTS) follower.pending.push(entry)
+        else follower.overflow = true
         continue
       }
       if (entry.n < follower.next) continue
@@ -347,8 +351,9 @@ export class Runs {
       // At the newest event held: what came live meanwhile either follows on, or the log is read again.
       const pending = follower.pending.sort((a, b) => a.n - b.n)
       follower.pending = []
-      let behind = false
-      for (const entry of pending) {
+      let behind = follower.overflow
+      follower.overflow = false
+      for (const entry of behind ? [] : pending) {
         if (entry.n < follower.next) continue
         if (entry.n > follower.next) {
           behind = true

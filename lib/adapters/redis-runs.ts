@@ -50,6 +50,8 @@ type Entry = [id: string, fields: string[]]
 export interface RedisRunOptions {
   /** ms a producer's lease lasts without renewal: followers elsewhere get 'lost' within about this plus a beat. */
   lease: number
+  /** ms any one command may wait for Redis (the adapter's publishTimeout) */
+  timeout: number
 }
 
 /**
@@ -64,6 +66,7 @@ export class RedisRunStore implements RunStore {
   readonly cancelChannel: string
   #prefix: string
   #lease: number
+  #timeout: number
   #sink: RunSink
   #instance = randomUUID()
   #client: Redis | undefined
@@ -79,6 +82,7 @@ export class RedisRunStore implements RunStore {
     this.#prefix = prefix
     this.#open = open
     this.#lease = options.lease
+    this.#timeout = options.timeout
     this.beatInterval = Math.max(50, Math.floor(options.lease / 4))
     this.eventChannel = prefix + 'runs'
     this.cancelChannel = prefix + 'runs:cancel'
@@ -107,28 +111,28 @@ export class RedisRunStore implements RunStore {
 
   async begin (key: string): Promise<boolean> {
     const k = this.#keys(key)
-    return await (await this.#redis()).eval(BEGIN, 4, k.lease, k.log, k.end, k.followed, this.#instance, this.#lease) === 1
+    return await this.#bounded(async () => (await this.#redis()).eval(BEGIN, 4, k.lease, k.log, k.end, k.followed, this.#instance, this.#lease)) === 1
   }
 
   async append (key: string, entry: RunEntry, settings: RunSettings): Promise<void> {
     const k = this.#keys(key)
-    await (await this.#redis()).eval(APPEND, 2, k.log, k.lease, this.#instance, settings.maxEvents, entry.n, encode(entry.message, false), this.eventChannel, key)
+    await this.#bounded(async () => (await this.#redis()).eval(APPEND, 2, k.log, k.lease, this.#instance, settings.maxEvents, entry.n, encode(entry.message, false), this.eventChannel, key))
   }
 
   /** Also ends a lost run, from any instance: only while nobody holds the lease, and once. */
   async finish (key: string, entry: RunEntry, settings: RunSettings): Promise<boolean> {
     const k = this.#keys(key)
-    const id = await (await this.#redis()).eval(FINISH, 3, k.log, k.lease, k.end, this.#instance, settings.ttl, entry.n, encode(entry.message, false), this.eventChannel, key, settings.maxEvents)
+    const id = await this.#bounded(async () => (await this.#redis()).eval(FINISH, 3, k.log, k.lease, k.end, this.#instance, settings.ttl, entry.n, encode(entry.message, false), this.eventChannel, key, settings.maxEvents))
     return id !== null
   }
 
   async read (key: string, after: string | undefined, limit: number): Promise<RunPage | undefined> {
     const k = this.#keys(key)
-    const multi = (await this.#redis()).multi().exists(k.lease, k.log)
+    const multi = (await this.#bounded(() => this.#redis())).multi().exists(k.lease, k.log)
     const known = after !== undefined && STREAM_ID.test(after)
     if (known) multi.xrange(k.log, after, after).xrange(k.log, '(' + after, '+', 'COUNT', limit + 1)
     else multi.xrange(k.log, '-', '+', 'COUNT', limit + 1)
-    const results = await multi.exec()
+    const results = await this.#bounded(() => multi.exec())
     if (results === null) throw new Error('the run read was aborted')
     for (const [err] of results) if (err !== null) throw err
     if (results[0][1] === 0) return undefined
@@ -159,7 +163,7 @@ export class RedisRunStore implements RunStore {
 
   async state (key: string): Promise<{ state: RunState, endId: string | undefined } | undefined> {
     const k = this.#keys(key)
-    const results = await (await this.#redis()).multi().exists(k.lease).get(k.end).exists(k.log).exec()
+    const results = await this.#bounded(async () => (await this.#redis()).multi().exists(k.lease).get(k.end).exists(k.log).exec())
     if (results === null) throw new Error('the run state read was aborted')
     for (const [err] of results) if (err !== null) throw err
     if (results[0][1] === 1) return { state: 'running', endId: undefined }
@@ -172,9 +176,9 @@ export class RedisRunStore implements RunStore {
   }
 
   async cancel (key: string): Promise<boolean> {
-    const client = await this.#redis()
-    if (await client.exists(this.#keys(key).lease) === 0) return false
-    await client.publish(this.cancelChannel, key)
+    const client = await this.#bounded(() => this.#redis())
+    if (await this.#bounded(() => client.exists(this.#keys(key).lease)) === 0) return false
+    await this.#bounded(() => client.publish(this.cancelChannel, key))
     return true
   }
 
@@ -229,6 +233,20 @@ export class RedisRunStore implements RunStore {
     const entry: RunEntry = { n: Number(payload.slice(a + 1, b)), end: payload.slice(b + 1, c) === '1', message }
     this.#deliverToTopic(message)
     this.#sink.deliver(payload.slice(0, a), entry)
+  }
+
+  /** A user's client may queue commands while Redis is away: never wait longer than the adapter's publishTimeout. */
+  async #bounded<T> (operation: () => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    const expired = new Promise<never>((resolve, reject) => {
+      timer = setTimeout(reject, this.#timeout, new Error(`Redis did not answer within ${this.#timeout} ms`))
+      timer.unref()
+    })
+    try {
+      return await Promise.race([operation(), expired])
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   #keys (key: string): { log: string, lease: string, end: string, followed: string } {

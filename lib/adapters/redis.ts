@@ -192,7 +192,7 @@ class RedisAdapter implements EventSourceAdapter {
 
   /** Runs through Redis: followed and cancelled from any instance, one producer per key in the whole cluster. */
   runStore (sink: RunSink): RedisRunStore {
-    return (this.#runs ??= new RedisRunStore(this.channelPrefix, { lease: this.#runLease }, sink, () => this.#openRuns(), message => this.#host?.deliver(message)))
+    return (this.#runs ??= new RedisRunStore(this.channelPrefix, { lease: this.#runLease, timeout: this.#timeout }, sink, () => this.#openRuns(), message => this.#host?.deliver(message)))
   }
 
   async #openRuns (): Promise<[Redis, Redis]> {

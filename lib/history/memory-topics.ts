@@ -114,8 +114,9 @@ export class MemoryTopicHistory implements HistoryStore {
     const seq = ++this.#seq
     const position = this.epoch + '-' + seq
     const id = message.id ?? position
-    const held: Held = { seq, message: { ...message, id, position }, key, rings: 0 }
     message.position = position
+    // A message given an id (a run's event, say) is held as it is, shared with whoever else keeps it.
+    const held: Held = { seq, message: message.id === undefined ? { ...message, id, position } : message, key, rings: 0 }
     this.#latestId = id
     this.#latestPosition = position
     if (key !== undefined) this.#keys.set(key, id)
