@@ -243,18 +243,13 @@ function writeReport (results) {
   const topics = path.join(__dirname, 'results', 'topics.json')
   if (fs.existsSync(topics)) out.push(require('./topics').topicsSection(JSON.parse(fs.readFileSync(topics, 'utf8'))))
 
-  // Written by bench/stalled-memory.js, a run of its own.
-  const stalled = path.join(__dirname, 'results', 'stalled-memory.md')
-  if (fs.existsSync(stalled)) {
-    out.push(fs.readFileSync(stalled, 'utf8').trim())
-    out.push('')
-  }
-
-  // Written by bench/stream.js, which has its own run; kept when this report is regenerated.
-  const streamRows = path.join(__dirname, 'stream.md')
-  if (fs.existsSync(streamRows)) {
-    out.push(fs.readFileSync(streamRows, 'utf8').trim())
-    out.push('')
+  // Written by bench/stalled-memory.js, bench/stream.js and bench/runs.js, runs of their own.
+  for (const name of ['stalled-memory.md', 'stream.md', 'runs.md']) {
+    const file = path.join(__dirname, 'results', name)
+    if (fs.existsSync(file)) {
+      out.push(fs.readFileSync(file, 'utf8').trim())
+      out.push('')
+    }
   }
 
   const findings = path.join(__dirname, 'findings.md')

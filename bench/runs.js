@@ -5,7 +5,7 @@
 // memory one running run costs. The server runs on one core, the load on the other; a private redis-server (no
 // persistence) on a free port serves the Redis variant. The figure is the server's CPU per event delivered.
 //
-//   node bench/runs.js          N = 1,000 at 50 items/s, 3 rounds of 8 s, rows into BENCHMARKS.md
+//   node bench/runs.js          N = 1,000 at 50 items/s, 3 rounds of 8 s; writes bench/results/runs.md and BENCHMARKS.md
 //   options: --n=1000 --rate=50 --rounds=3 --window=8000 --runs=1000 --no-report
 //   (build first: npm run build)
 
@@ -187,7 +187,7 @@ async function main () {
   ].join('\n')
   console.log(section)
   if (args.includes('--no-report')) return
-  fs.writeFileSync(path.join(__dirname, 'runs.md'), section + '\n')
+  fs.writeFileSync(path.join(__dirname, 'results', 'runs.md'), section + '\n')
   const file = path.join(__dirname, '..', 'BENCHMARKS.md')
   let md = fs.readFileSync(file, 'utf8')
   const at = md.indexOf('<!-- runs -->')

@@ -172,30 +172,8 @@ export class EventSource implements HttpRequestEventSource {
       return Promise.reject(err)
     }
     if (!sent) return Promise.resolve(false)
-    if (this._queue !== null || this.#out.writableNeedDrain) {
-      return new Promise<boolean>(resolve => { (this.#drainWaiters ??= []).push(resolve) }).then(ok => ok && this.#belowHalfBound())
-    }
-    return this.#belowHalfBound()
-  }
-
-  /**
-   * With a bound under the socket's high-water mark no write asks for a drain before the bound is passed, so a
-   * `drain` may never come: past half the bound, wait until what is buffered has really reached the kernel (an
-   * empty write's callback runs after every earlier chunk was written out).
-   */
-  #belowHalfBound (): Promise<boolean> {
-    if (!this.#active) return Promise.resolve(false)
-    if (this.bufferedAmount * 2 <= this.#ctx.settings.maxBufferedBytes) return Promise.resolve(true)
-    const signal = this.signal
-    return new Promise(resolve => {
-      const done = (err?: Error | null): void => {
-        signal.removeEventListener('abort', onEnd)
-        resolve(err == null && this.#active)
-      }
-      const onEnd = (): void => { done() }
-      signal.addEventListener('abort', onEnd, { once: true })
-      this.#out.write(EMPTY, done)
-    })
+    const room = this._room()
+    return typeof room === 'boolean' ? Promise.resolve(room) : room
   }
 
   stream<T> (source: StreamSource<T>, options?: StreamOptions<T>): Promise<number> {
@@ -400,11 +378,33 @@ export class EventSource implements HttpRequestEventSource {
   /** @internal true when the socket has room for another message now, false once the source ended, else a promise of either */
   _room (): boolean | Promise<boolean> {
     if (!this.#active) return false
-    if (this._queue !== null || this.#out.writableNeedDrain) return new Promise(resolve => { (this.#drainWaiters ??= []).push(resolve) })
-    // Node hands a response's writes to the kernel only at the end of the tick. With a bound under the socket's
-    // high-water mark no write asks for a drain before the bound is passed, so give the socket that turn first.
-    if (this.bufferedAmount * 2 > this.#ctx.settings.maxBufferedBytes) return new Promise(resolve => setImmediate(() => resolve(this.#active)))
-    return true
+    if (this._queue !== null || this.#out.writableNeedDrain) {
+      return new Promise<boolean>(resolve => { (this.#drainWaiters ??= []).push(resolve) }).then(ok => ok && this.#belowHalfBound())
+    }
+    return this.#belowHalfBound()
+  }
+
+  /**
+   * With a bound under the socket's high-water mark no write asks for a drain before the bound is passed, so a
+   * `drain` may never come: past half the bound, wait until what is buffered has really reached the kernel (an
+   * empty write's callback runs after every earlier chunk was written out).
+   */
+  #belowHalfBound (): boolean | Promise<boolean> {
+    if (!this.#active) return false
+    if (this.bufferedAmount * 2 <= this.#ctx.settings.maxBufferedBytes) return true
+    const signal = this.signal
+    // No drain is awaited, so nothing else would start the drainTimeout clock for a client that stopped reading.
+    this.#ctx.scheduler.watchDrain(this)
+    return new Promise(resolve => {
+      const done = (err?: Error | null): void => {
+        signal.removeEventListener('abort', onEnd)
+        if (!this.#out.writableNeedDrain) this.#ctx.scheduler.unwatchDrain(this)
+        resolve(err == null && this.#active)
+      }
+      const onEnd = (): void => { done() }
+      signal.addEventListener('abort', onEnd, { once: true })
+      this.#out.write(EMPTY, done)
+    })
   }
 
   /** @internal the response's drain event */

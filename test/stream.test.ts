@@ -315,6 +315,44 @@ test('a client that reads never trips a maxBufferedBytes far under the socket\'s
   t.equal(sse.droppedMessages, 0)
 })
 
+test('regression: under a bound smaller than the socket\'s buffer, a client that stops reading is ended by drainTimeout (the wait for the kernel never started the clock)', async t => {
+  let finallyRan = false
+  const { opened, url } = await serve(t, async sse => {
+    async function * endless (): AsyncGenerator<string> {
+      try {
+        for (;;) yield 'y'.repeat(1000)
+      } finally {
+        finallyRan = true
+      }
+    }
+    return sse.stream(endless())
+  }, { maxBufferedBytes: 8 * 1024, drainTimeout: 200 })
+  stalledClient(t, url, '/sse')
+  const { sse, result } = await first(opened)
+  const { sent } = await result
+  t.ok(typeof sent === 'number' && sent > 0, `resolved with the count sent (${sent})`)
+  t.equal(sse.closeReason, 'drain-timeout')
+  await until(() => finallyRan, 3000, 'the generator\'s finally')
+})
+
+test('regression: sendAsync under a bound smaller than the socket\'s buffer resolves false once drainTimeout ends a client that stopped reading', async t => {
+  let outcome: boolean | undefined
+  let count = 0
+  const { opened, url } = await serve(t, async sse => {
+    for (;;) {
+      outcome = await sse.sendAsync('y'.repeat(1000))
+      if (!outcome) return count
+      count++
+    }
+  }, { maxBufferedBytes: 8 * 1024, drainTimeout: 200 })
+  stalledClient(t, url, '/sse')
+  const { sse, result } = await first(opened)
+  await result
+  t.equal(outcome, false)
+  t.ok(count > 0)
+  t.equal(sse.closeReason, 'drain-timeout')
+})
+
 test('a client that stops reading is ended by drainTimeout; the producer is stopped and the promise resolves', async t => {
   let finallyRan = false
   const { opened, url } = await serve(t, async sse => {
