@@ -115,7 +115,7 @@ if (browserAvailable(t)) {
     const page = await openPage(t, demo.url)
     const tab = await tabOf(page)
     const [hello] = await waitForEvents(page, 'hello', 1)
-    t.same(JSON.parse(hello.data), { tab, resumedFrom: null })
+    t.same(JSON.parse(hello.data), { tab, resumedFrom: null, rooms: [] })
     const [connections] = await waitForEvents(page, 'connections', 1)
     t.equal(JSON.parse(connections.data).count, 1)
 
