@@ -14,6 +14,8 @@ export interface DemoOptions {
   dropHold?: number
   /** Feed messages kept for replay. Default 200. */
   historySize?: number
+  /** The `fastify-event-sources/prometheus` plugin serving `GET /metrics`; defaults to the built package's. */
+  prometheus?: unknown
   /** Tokens in each of the assistant's answers. Default 300. */
   answerTokens?: number
   /** Ms between two tokens of an answer. Default 33 (about ten seconds an answer). */

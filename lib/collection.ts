@@ -9,6 +9,7 @@ import {
 import { EventSource, framePositions, type SendOptions, type SourceContext } from './event-source'
 import { checkEventOptions, eventFrame, messageFrame, serialize } from './frame'
 import type { PublishedMessage } from './history/history'
+import { Metrics } from './metrics'
 import type { Settings } from './options'
 import { parsePosition } from './position'
 import { PingScheduler } from './ping'
@@ -16,7 +17,7 @@ import { MemoryRunStore, Runs } from './runs'
 import { WriteScheduler } from './scheduler'
 import { isTarget, type Target } from './target'
 import { checkTopics, checkTopic, TopicIndex } from './topics'
-import type { GetEventSourceOptions, RunOptions, RunProducer, RunResult, RunState, SourceSelector, EventSourceCollection as PublicCollection } from '../types/index'
+import type { EventSourcesMetrics, GetEventSourceOptions, RunOptions, RunProducer, RunResult, RunState, SourceSelector, EventSourceCollection as PublicCollection } from '../types/index'
 
 export interface BroadcastOptions extends SendOptions {
   filter?: (identifier: string) => boolean
@@ -45,6 +46,12 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   #ctx: SourceContext
   #log: FastifyBaseLogger
   #runs: Runs
+  #metrics = new Metrics({
+    openStreams: () => this.#open.size,
+    activeConnections: () => this.#byId.size,
+    topics: () => this.#topics.topicCount,
+    runs: () => this.#runs.running
+  })
 
   constructor (settings: Settings, log: FastifyBaseLogger) {
     super()
@@ -59,6 +66,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       scheduler,
       pings: new PingScheduler(scheduler),
       topics: this.#topics,
+      metrics: this.#metrics,
       release: source => this.#release(source)
     }
   }
@@ -76,6 +84,11 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   /** Shared ping timers running now: one per distinct (interval, message), however many sources ping. */
   get pingTimers (): number {
     return this.#ctx.pings.timers
+  }
+
+  /** A snapshot of this instance's counters and gauges; cheap enough for every scrape. */
+  metrics (): EventSourcesMetrics {
+    return this.#metrics.snapshot()
   }
 
   getByIdentifier (identifier: string): EventSource | undefined {
@@ -141,6 +154,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     if (to !== undefined) message.to = to
     if (key === undefined) await this.#settings.adapter.publish(message)
     else await this.#settings.adapter.publish(message, { key })
+    this.#metrics.publish(message)
   }
 
   /** The sources matching `to` on every instance the adapter reaches follow `topics` from now on. */
@@ -245,6 +259,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     reply.hijack()
     const source = new EventSource(this.#ctx, request, reply, identifier, key, this.#lastEventId(request))
     this.#open.add(source)
+    this.#metrics.open(source)
     if (key !== undefined) this.#perKey.set(key, (this.#perKey.get(key) ?? 0) + 1)
     runOnResponseOnClose(reply)
     if (request.method === 'HEAD') {
@@ -322,6 +337,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   }
 
   #deliver (message: PublishedMessage): void {
+    this.#metrics.received++
     const to = message.to
     let targets: Iterable<EventSource>
     if (to === undefined) {

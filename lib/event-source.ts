@@ -5,6 +5,7 @@ import type { Writable } from 'node:stream'
 import { FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD, FST_ERR_SSE_INVALID_HEADER } from './errors'
 import { commentFrame, eventFrame, joinFrames, messageFrame, retryFrame } from './frame'
 import type { ReplayResult } from './history/history'
+import type { Metrics } from './metrics'
 import { checkHeader, STREAM_HEADERS, type Settings } from './options'
 import { PingPolicy, type PingScheduler } from './ping'
 import { follows, later, parsePosition, type Position } from './position'
@@ -25,6 +26,7 @@ export interface SourceContext {
   pings: PingScheduler
   topics: TopicIndex<EventSource>
   runs: Runs
+  metrics: Metrics
   release (source: EventSource): void
 }
 
@@ -271,6 +273,7 @@ export class EventSource implements HttpRequestEventSource {
     if (kind === 'message' && this.#idle !== undefined) this.#idle.last = Date.now()
     if (position !== undefined) this._position = position
     this.sentContentLength += frame.length
+    this.#ctx.metrics.accepted(kind, frame.length)
     if (!this.#res.write(frame)) this.#ctx.scheduler.watchDrain(this)
     return true
   }
@@ -297,6 +300,7 @@ export class EventSource implements HttpRequestEventSource {
       if (++this.#loose >= PACK && !this._replaying && this.#out.writableNeedDrain) this.#pack(this._queue)
     }
     this._queuedBytes += frame.length
+    this.#ctx.metrics.accepted(kind, 0)
     if (kind === 'message' && this.#idle !== undefined) this.#idle.last = Date.now()
     return true
   }
@@ -314,6 +318,7 @@ export class EventSource implements HttpRequestEventSource {
     if (!this.#active || this.#out.destroyed) return
     const chunk = queue.length === 1 ? queue[0] : joinFrames(queue, bytes)
     this.sentContentLength += chunk.length
+    this.#ctx.metrics.bytes += chunk.length
     if (this.#res.write(chunk)) this.#settleDrainWaiters(true)
     else this.#ctx.scheduler.watchDrain(this)
   }
@@ -340,6 +345,7 @@ export class EventSource implements HttpRequestEventSource {
       bytes += frame.length
     }
     this.replay = { replayed: result.messages.length, gap: result.gap }
+    this.#ctx.metrics.replay(this, result.messages.length, result.gap)
     this._replaying = false
     const queue = this._queue
     if (queue !== null) {
@@ -356,6 +362,7 @@ export class EventSource implements HttpRequestEventSource {
         queued += frame.length
       }
       this._queue = kept.length > 0 ? kept : null
+      this.#ctx.metrics.delivered -= queue.length - kept.length
       this.#loose = kept.length
       this._queuedBytes = queued
     }
@@ -370,6 +377,7 @@ export class EventSource implements HttpRequestEventSource {
       // Replay is bounded by the history size, not by maxBufferedBytes: it goes out whole, ahead of the queue.
       const chunk = frames.length === 1 ? frames[0] : joinFrames(frames, bytes)
       this.sentContentLength += chunk.length
+      this.#ctx.metrics.bytes += chunk.length
       if (!this.#res.write(chunk)) this.#ctx.scheduler.watchDrain(this)
     }
     if (this._queue !== null) this.#ctx.scheduler.defer(this)
@@ -474,6 +482,7 @@ export class EventSource implements HttpRequestEventSource {
     if (settings.slowClient === 'drop') {
       if (kind === 'message') this.droppedMessages++
       else if (kind === 'ping') this.droppedPings++
+      this.#ctx.metrics.drop(this, kind)
       return false
     }
     if (sliced) {
@@ -513,6 +522,7 @@ export class EventSource implements HttpRequestEventSource {
     if (settings.retry !== undefined) {
       const frame = retryFrame(settings.retry)
       this.sentContentLength += frame.length
+      this.#ctx.metrics.bytes += frame.length
       this.#res.write(frame)
     }
   }
@@ -566,6 +576,7 @@ export class EventSource implements HttpRequestEventSource {
     this.#resolveEnded?.()
     this.#resolveEnded = undefined
     this.#settleDrainWaiters(false)
+    ctx.metrics.close(this, reason)
     this.request.log.debug({ identifier: this.identifier, reason, sentContentLength: this.sentContentLength }, 'event source closed')
   }
 

@@ -249,3 +249,19 @@ test('exported: the error constructor', async t => {
   t.equal(typeof eventSources.errors.FST_ERR_SSE_RUN_EXISTS, 'function')
   t.equal(new eventSources.errors.FST_ERR_SSE_RUN_EXISTS('k').statusCode, 409)
 })
+
+test('metrics().runs counts the producers running here', async t => {
+  const { app, url } = await start(t, followRoute())
+  t.equal(app.eventSources.metrics().runs, 0)
+  let release: () => void = () => {}
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const running = app.eventSources.run('m1', (async function * () { yield 1; await gate })())
+  const follower = await readEvents(`${url}/runs/m1`)
+  await until(() => follower.events.length === 1)
+  t.equal(app.eventSources.metrics().runs, 1)
+  t.equal(app.eventSources.runningRuns, 1)
+  release()
+  await running
+  await follower.ended
+  t.equal(app.eventSources.metrics().runs, 0)
+})
