@@ -399,7 +399,7 @@ export class Runs {
       }
       if (now - run.lonelySince >= after) run.controller.abort('abandoned')
     }
-    const every = Math.max(1, Math.round(this.#store.beatInterval / MEMORY_BEAT))
+    const every = Math.max(1, Math.floor(this.#store.beatInterval / Math.min(MEMORY_BEAT, this.#store.beatInterval)))
     if (++this.#beats % every === 0 && !this.#beating) {
       this.#beating = true
       this.#store.beat([...this.#running.keys()], [...this.#followers.keys()])

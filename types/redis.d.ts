@@ -29,8 +29,8 @@ declare namespace redisAdapter {
     connectTimeout?: number | undefined
     /**
      * Resumable runs: `lease` (ms, default 10000) is how long a producer's hold on its key lasts without renewal
-     * (renewed every quarter of it). When the instance running a producer dies, followers elsewhere get the end
-     * event with reason 'lost' within about `lease` plus a quarter of it (under 15 s by default).
+     * (renewed at every beat, a quarter of it). When the instance running a producer dies, followers elsewhere get
+     * the end event with reason 'lost' within about `lease` plus one beat (about 12 s by default, under 15 s).
      */
     runs?: { lease?: number | undefined } | undefined
   }
