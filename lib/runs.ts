@@ -263,8 +263,9 @@ export class Runs {
         continue
       }
       if (entry.n < follower.next) continue
-      if (entry.n > follower.next) {
-        // Some live events never came (a dropped subscription): read them from the log.
+      // Some live events never came (a dropped subscription), or the socket is filling up (a client that reads
+      // slower than the run produces): read from the log instead, at the client's pace.
+      if (entry.n > follower.next || follower.source.bufferedAmount * 2 > this.#settings.maxBufferedBytes) {
         follower.paging = true
         follower.pending.push(entry)
         this.#page(follower).catch(() => follower.source.close())
@@ -298,6 +299,9 @@ export class Runs {
     let first = true
     await this.#running.get(follower.key)?.begun
     while (source.isActive) {
+      // Each piece only once the socket has room for it.
+      const room = source._room()
+      if (room !== true && !(await room)) return
       const page = await this.#store.read(follower.key, follower.after, PAGE_EVENTS)
       if (!source.isActive) return
       if (page === undefined) {
@@ -344,10 +348,7 @@ export class Runs {
         source.close()
         return
       }
-      if (page.more || (last !== undefined && last !== page.entries[page.entries.length - 1])) {
-        if (!(await source._room())) return
-        continue
-      }
+      if (page.more || (last !== undefined && last !== page.entries[page.entries.length - 1])) continue
       // At the newest event held: what came live meanwhile either follows on, or the log is read again.
       const pending = follower.pending.sort((a, b) => a.n - b.n)
       follower.pending = []
@@ -365,7 +366,6 @@ export class Runs {
         follower.paging = false
         return
       }
-      if (!(await source._room())) return
     }
   }
 

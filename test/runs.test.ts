@@ -265,3 +265,37 @@ test('metrics().runs counts the producers running here', async t => {
   await follower.ended
   t.equal(app.eventSources.metrics().runs, 0)
 })
+
+test('a follower that stops reading mid-run is not closed: it goes back to the log and, once it reads again, gets every event once and in order', async t => {
+  const { app, url } = await start(t, followRoute())
+  const item = 'y'.repeat(2000)
+  let release: () => void = () => {}
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const running = app.eventSources.run('slow', (async function * () {
+    for (let n = 1; n <= 1500; n++) {
+      if (n === 20) await gate
+      yield `${n}:${item}`
+    }
+  })(), { maxEvents: 5000 })
+  const { EventLog } = await import('./helpers/clients')
+  const log = new EventLog()
+  const { request: httpRequest } = await import('node:http')
+  let res: import('node:http').IncomingMessage | undefined
+  const req = httpRequest(`${url}/runs/slow`, { headers: { accept: 'text/event-stream' }, agent: false }, r => {
+    res = r
+    r.on('data', (chunk: Buffer) => log.feed(chunk))
+  })
+  req.end()
+  t.teardown(() => { req.destroy() })
+  await until(() => log.events.length >= 19, 5000, 'the first events')
+  res?.pause()
+  release()
+  // 3 MB are produced while the client does not read: the socket fills, the follower waits for room.
+  await until(() => app.eventSources.runningRuns === 0, 10_000, 'the run to finish')
+  res?.resume()
+  await new Promise(resolve => res?.once('end', resolve))
+  t.same((await running).reason, 'done')
+  const numbers = log.events.slice(0, -1).map(e => Number(e.data.split(':')[0]))
+  t.same(numbers, Array.from({ length: 1500 }, (_, i) => i + 1), 'every event once, in order')
+  t.equal(log.events.at(-1)?.event, 'end')
+})
