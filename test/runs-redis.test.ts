@@ -9,6 +9,7 @@ import { start, until } from './helpers/server'
 import { readEvents } from './helpers/read-events'
 import { sleep } from './helpers/clients'
 import { Client, Switchboard, portOf, redisClient, redisReady, redisUrl, uniquePrefix } from './helpers/redis'
+import { PrivateRedis, hasRedisServer } from './helpers/redis-server'
 
 if (!redisReady(tap)) process.exit(0)
 
@@ -226,4 +227,19 @@ test('Redis: follow() right after run() in one handler waits for the key to be t
   const stream = await readEvents(`${url}/ask`)
   await stream.ended
   t.same(stream.events.map(e => e.data), ['x', 'y', '{"reason":"done"}'])
+})
+
+test('Redis away: run() rejects with FST_ERR_SSE_PUBLISH_FAILED, runState() with FST_ERR_SSE_ADAPTER, a running run ends with reason error', { skip: !hasRedisServer && 'redis-server is not installed' }, async t => {
+  const redis = await PrivateRedis.start(t)
+  const { app } = await start(t, routes(), { adapter: redisAdapter({ url: redis.url, channelPrefix: 'away:', publishTimeout: 500, runs: { lease: 5000 } }) })
+  const running = app.eventSources.run('going', numbers(100_000, 5))
+  while (await app.eventSources.runState('going') !== 'running') await sleep(10)
+  await redis.stop()
+  const result = await running
+  t.equal(result.reason, 'error', 'the run ended: its events can no longer be stored')
+  t.match(result.error, { code: 'FST_ERR_SSE_PUBLISH_FAILED' })
+  await t.rejects(app.eventSources.run('new', ['a']), { code: 'FST_ERR_SSE_PUBLISH_FAILED', statusCode: 503 })
+  await t.rejects(app.eventSources.runState('going'), { code: 'FST_ERR_SSE_ADAPTER' })
+  await t.rejects(app.eventSources.cancel('other'), { code: 'FST_ERR_SSE_PUBLISH_FAILED' })
+  t.equal(app.eventSources.runningRuns, 0)
 })

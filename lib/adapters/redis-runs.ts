@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import type { Redis } from 'ioredis'
+import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
 import { decode, encode } from '../history/redis-streams'
 import type { PublishedMessage } from '../history/history'
 import type { RunEntry, RunPage, RunSettings, RunSink, RunState, RunStore } from '../../types/index'
@@ -111,18 +112,18 @@ export class RedisRunStore implements RunStore {
 
   async begin (key: string): Promise<boolean> {
     const k = this.#keys(key)
-    return await this.#bounded(async () => (await this.#redis()).eval(BEGIN, 4, k.lease, k.log, k.end, k.followed, this.#instance, this.#lease)) === 1
+    return await this.#bounded(async () => (await this.#redis()).eval(BEGIN, 4, k.lease, k.log, k.end, k.followed, this.#instance, this.#lease), true) === 1
   }
 
   async append (key: string, entry: RunEntry, settings: RunSettings): Promise<void> {
     const k = this.#keys(key)
-    await this.#bounded(async () => (await this.#redis()).eval(APPEND, 2, k.log, k.lease, this.#instance, settings.maxEvents, entry.n, encode(entry.message, false), this.eventChannel, key))
+    await this.#bounded(async () => (await this.#redis()).eval(APPEND, 2, k.log, k.lease, this.#instance, settings.maxEvents, entry.n, encode(entry.message, false), this.eventChannel, key), true)
   }
 
   /** Also ends a lost run, from any instance: only while nobody holds the lease, and once. */
   async finish (key: string, entry: RunEntry, settings: RunSettings): Promise<boolean> {
     const k = this.#keys(key)
-    const id = await this.#bounded(async () => (await this.#redis()).eval(FINISH, 3, k.log, k.lease, k.end, this.#instance, settings.ttl, entry.n, encode(entry.message, false), this.eventChannel, key, settings.maxEvents))
+    const id = await this.#bounded(async () => (await this.#redis()).eval(FINISH, 3, k.log, k.lease, k.end, this.#instance, settings.ttl, entry.n, encode(entry.message, false), this.eventChannel, key, settings.maxEvents), true)
     return id !== null
   }
 
@@ -176,9 +177,9 @@ export class RedisRunStore implements RunStore {
   }
 
   async cancel (key: string): Promise<boolean> {
-    const client = await this.#bounded(() => this.#redis())
-    if (await this.#bounded(() => client.exists(this.#keys(key).lease)) === 0) return false
-    await this.#bounded(() => client.publish(this.cancelChannel, key))
+    const client = await this.#bounded(() => this.#redis(), true)
+    if (await this.#bounded(() => client.exists(this.#keys(key).lease), true) === 0) return false
+    await this.#bounded(() => client.publish(this.cancelChannel, key), true)
     return true
   }
 
@@ -236,7 +237,7 @@ export class RedisRunStore implements RunStore {
   }
 
   /** A user's client may queue commands while Redis is away: never wait longer than the adapter's publishTimeout. */
-  async #bounded<T> (operation: () => Promise<T>): Promise<T> {
+  async #bounded<T> (operation: () => Promise<T>, writes = false): Promise<T> {
     let timer: NodeJS.Timeout | undefined
     const expired = new Promise<never>((resolve, reject) => {
       timer = setTimeout(reject, this.#timeout, new Error(`Redis did not answer within ${this.#timeout} ms`))
@@ -244,6 +245,11 @@ export class RedisRunStore implements RunStore {
     })
     try {
       return await Promise.race([operation(), expired])
+    } catch (err) {
+      // A coded error, as for publish: a write that may not have happened (503), or a read that could not be made.
+      if ((err as { code?: unknown }).code !== undefined && String((err as { code: unknown }).code).startsWith('FST_ERR_SSE_')) throw err
+      const message = (err as Error).message
+      throw writes ? new FST_ERR_SSE_PUBLISH_FAILED(message, { cause: err }) : new FST_ERR_SSE_ADAPTER(message, { cause: err })
     } finally {
       clearTimeout(timer)
     }
