@@ -7,10 +7,12 @@
 //
 //   node bench/runs.js          N = 1,000 at 50 items/s, 3 rounds of 8 s; writes bench/results/runs.md and BENCHMARKS.md
 //   options: --n=1000 --rate=50 --rounds=3 --window=8000 --runs=1000 --no-report
+//   node bench/runs.js lost [lease]   time from SIGKILL of the producing instance to 'lost' at a follower elsewhere
 //   (build first: npm run build)
 
 const { spawn, spawnSync, execFileSync } = require('node:child_process')
 const fs = require('node:fs')
+const http = require('node:http')
 const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
@@ -199,5 +201,44 @@ async function main () {
   fs.writeFileSync(file, md)
 }
 
-if (process.argv[2] === 'memory') memoryChild(JSON.parse(process.argv[3])).then(r => process.stdout.write(JSON.stringify(r) + '\n'), err => { console.error(err); process.exit(1) })
+/**
+ * `node bench/runs.js lost [lease]`: how long after SIGKILL of the producing instance a follower on another one gets
+ * the end event with reason 'lost' (default lease 10000 ms). Uses the test fixture instance and a private Redis.
+ */
+async function lost (lease) {
+  const { fork } = require('node:child_process')
+  const redis = await startRedis()
+  const prefix = `bench-lost:${process.pid}:`
+  const child = fork(path.join(__dirname, '..', 'test', 'fixtures', 'run-instance.js'), { env: { ...process.env, REDIS_URL: redis.url, CHANNEL_PREFIX: prefix, RUN_LEASE: String(lease) }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  try {
+    await new Promise(resolve => child.on('message', m => { if (m.port !== undefined) resolve() }))
+    child.send({ n: 1, command: 'run', args: { key: 'k', count: 1e6, every: 20 } })
+    await new Promise(resolve => child.on('message', m => { if (m.n === 1) resolve() }))
+    const Fastify = require('fastify')
+    const app = Fastify()
+    await app.register(require('../dist/index.js'), { adapter: require('../dist/adapters/redis.js')({ url: redis.url, channelPrefix: prefix, runs: { lease } }) })
+    app.get('/f', async request => { await request.getEventSource().follow('k') })
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    const ended = new Promise(resolve => {
+      http.get({ host: '127.0.0.1', port: app.server.address().port, path: '/f', agent: false }, res => {
+        let text = ''
+        res.on('data', chunk => { text += chunk })
+        res.on('end', () => resolve(text))
+      })
+    })
+    await sleep(1000)
+    const killedAt = performance.now()
+    child.kill('SIGKILL')
+    const text = await ended
+    const ms = performance.now() - killedAt
+    console.log(JSON.stringify({ lease, msToLost: Math.round(ms), lost: text.includes('"reason":"lost"') }))
+    await app.close()
+  } finally {
+    child.kill('SIGKILL')
+    redis.child.kill('SIGKILL')
+  }
+}
+
+if (process.argv[2] === 'lost') lost(Number(process.argv[3] ?? 10000)).catch(err => { console.error(err); process.exit(1) })
+else if (process.argv[2] === 'memory') memoryChild(JSON.parse(process.argv[3])).then(r => process.stdout.write(JSON.stringify(r) + '\n'), err => { console.error(err); process.exit(1) })
 else main().catch(err => { console.error(err); process.exit(1) })
