@@ -31,6 +31,12 @@ declare namespace redisAdapter {
      * Default 5000: keep it below Fastify's `pluginTimeout` (10000 by default), which would fire first.
      */
     connectTimeout?: number | undefined
+    /**
+     * Resumable runs: `lease` (ms, default 10000) is how long a producer's hold on its key lasts without renewal
+     * (renewed at every beat, a quarter of it). When the instance running a producer dies, followers elsewhere get
+     * the end event with reason 'lost' within about `lease` plus one beat (about 12 s by default, under 15 s).
+     */
+    runs?: { lease?: number | undefined } | undefined
   }
 
   export interface RedisAdapter extends EventSourceAdapter {
