@@ -1,6 +1,7 @@
 'use strict'
 
 const path = require('node:path')
+const { randomUUID } = require('node:crypto')
 const Fastify = require('fastify')
 const fastifyStatic = require('@fastify/static')
 const { Registry } = require('prom-client')
@@ -9,6 +10,35 @@ const TAB = /^[A-Za-z0-9_-]{1,64}$/
 const MAX_TEXT = 2000
 const ROOMS = ['lobby', 'dev', 'random']
 const topicOf = room => 'room:' + room
+const ANSWER = /^answer:[0-9a-f-]{36}$/
+const WORDS = ('Server-Sent Events keep one response open and write each event as it comes. A run outlives the ' +
+  'connection that asked for it: the answer is produced once, kept under its key, and any stream can follow it ' +
+  'from the start or from the last event it saw. So a dropped connection, a reload, or another instance picks ' +
+  'up exactly where the text was, and Stop cancels the producer wherever it runs.').split(' ')
+
+/** The same answer for the same question: a few hundred tokens (words and the spaces between them). */
+function fakeAnswer (question, count) {
+  const tokens = [`You asked: “${question.trim()}”.`]
+  for (let i = 0; tokens.length < count; i++) tokens.push(' ', WORDS[i % WORDS.length])
+  return tokens.slice(0, count)
+}
+
+/** A fake language model: one token every `interval` ms, stopped by its signal. */
+async function * fakeModel (question, count, interval, signal) {
+  for (const token of fakeAnswer(question, count)) {
+    await new Promise(resolve => {
+      const done = () => {
+        clearTimeout(timer)
+        signal.removeEventListener('abort', done)
+        resolve()
+      }
+      const timer = setTimeout(done, interval)
+      signal.addEventListener('abort', done)
+    })
+    if (signal.aborted) return
+    yield token
+  }
+}
 
 /**
  * The demo app: every browser tab is an identified stream `tab:<id>`, a shared feed goes through `publish`
@@ -18,8 +48,12 @@ const topicOf = room => 'room:' + room
  *
  * Options: `plugin` (defaults to the built package), `retry` (ms a browser waits before reconnecting),
  * `pingInterval`, `clockInterval`, `dropHold` (ms a dropped tab is kept waiting before it may reconnect),
- * `historySize`, `prometheus` (the `fastify-event-sources/prometheus` plugin; defaults to the built one), and
- * anything Fastify accepts (`logger`, `http2`, `https`, ...).
+ * `historySize`, `prometheus` (the `fastify-event-sources/prometheus` plugin; defaults to the built one),
+ * `answerTokens` and `tokenInterval` (the assistant's fake model), and anything Fastify accepts (`logger`, `http2`,
+ * `https`, ...).
+ *
+ * The assistant panel is a resumable run: a question starts `eventSources.run()` of a fake token generator, each
+ * answer stream `follow()`s it, Stop is `cancel()`, and a drop or a reload resumes where the answer was.
  */
 function buildDemo (options = {}) {
   const {
@@ -30,6 +64,8 @@ function buildDemo (options = {}) {
     clockInterval = 1000,
     dropHold = 4000,
     historySize = 200,
+    answerTokens = 300,
+    tokenInterval = 33,
     ...fastifyOptions
   } = options
   const app = Fastify(fastifyOptions)
@@ -208,6 +244,48 @@ function buildDemo (options = {}) {
       if (body.silent !== true) source.send({ reason: 'kicked from the server' }, { event: 'terminate' })
       source.close()
     })
+
+    // The assistant: one run per answer, followed by the page's EventSource; `answers` keeps this instance's
+    // followers only so that the drop button can cut them.
+    const answers = new Map()
+
+    app.post('/assistant/questions', async (request, reply) => {
+      const question = request.body?.question
+      if (typeof question !== 'string' || question.trim() === '' || question.length > MAX_TEXT) {
+        return reply.code(400).send({ error: `question must be a non-empty string of at most ${MAX_TEXT} characters` })
+      }
+      const key = 'answer:' + randomUUID()
+      sources.run(key, signal => fakeModel(question, answerTokens, tokenInterval, signal), { event: 'token', ttl: 600_000 })
+        .then(result => request.log.info({ key, ...result }, 'answer over'), err => request.log.error({ err, key }, 'answer failed'))
+      return reply.code(201).send({ key })
+    })
+
+    app.get('/assistant/answers/:key', async (request, reply) => {
+      const key = request.params.key
+      if (!ANSWER.test(key)) return reply.code(400).send({ error: 'bad answer key' })
+      // Over (and this page has the end), unknown or expired: 204 stops the browser's EventSource for good.
+      const lastEventId = request.headers['last-event-id'] ?? request.query.lastEventId
+      if (await sources.runState(key, lastEventId) === undefined) return reply.code(204).send()
+      const sse = request.getEventSource()
+      let followers = answers.get(key)
+      if (followers === undefined) answers.set(key, (followers = new Set()))
+      followers.add(sse)
+      await sse.follow(key)
+      followers.delete(sse)
+      if (followers.size === 0) answers.delete(key)
+    })
+
+    app.post('/assistant/answers/:key/stop', async request => {
+      const key = request.params.key
+      return { cancelled: ANSWER.test(key) && await sources.cancel(key) }
+    })
+
+    // Cuts this answer's streams from the server: each browser reconnects with Last-Event-ID and goes on.
+    app.post('/assistant/answers/:key/drop', async request => {
+      const followers = answers.get(request.params.key) ?? new Set()
+      for (const sse of followers) sse.close()
+      return { dropped: followers.size }
+    })
   })
 
   function holdTab (tab, ms) {
@@ -235,4 +313,4 @@ function buildDemo (options = {}) {
   return app
 }
 
-module.exports = { buildDemo }
+module.exports = { buildDemo, fakeAnswer }

@@ -13,11 +13,12 @@ import { Metrics } from './metrics'
 import type { Settings } from './options'
 import { parsePosition } from './position'
 import { PingScheduler } from './ping'
+import { MemoryRunStore, Runs } from './runs'
 import { WriteScheduler } from './scheduler'
 import { isTarget, type Target } from './target'
 import { checkTopics, checkTopic } from './topics'
 import { countTarget, InstancePresence, TrackedTopicIndex, type CountTarget } from './presence'
-import type { GetEventSourceOptions, SourceSelector, EventSourceCollection as PublicCollection, EventSourcesMetrics } from '../types/index'
+import type { EventSourcesMetrics, GetEventSourceOptions, RunOptions, RunProducer, RunResult, RunState, SourceSelector, EventSourceCollection as PublicCollection } from '../types/index'
 
 export interface BroadcastOptions extends SendOptions {
   filter?: (identifier: string) => boolean
@@ -46,14 +47,23 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   #presence = new InstancePresence(this.#byId, this.#open, this.#topics)
   #ctx: SourceContext
   #log: FastifyBaseLogger
-  #metrics = new Metrics({ openStreams: () => this.#open.size, activeConnections: () => this.#byId.size, topics: () => this.#topics.topicCount })
+  #runs: Runs
+  #metrics = new Metrics({
+    openStreams: () => this.#open.size,
+    activeConnections: () => this.#byId.size,
+    topics: () => this.#topics.topicCount,
+    runs: () => this.#runs.running
+  })
 
   constructor (settings: Settings, log: FastifyBaseLogger) {
     super()
     this.#settings = settings
     this.#log = log
     const scheduler = new WriteScheduler(settings.fanOutSlice, settings.drainTimeout)
+    const adapter = settings.adapter
+    this.#runs = new Runs(settings, log, sink => adapter.runStore?.(sink) ?? new MemoryRunStore(sink, message => adapter.publish(message)))
     this.#ctx = {
+      runs: this.#runs,
       settings,
       scheduler,
       pings: new PingScheduler(scheduler),
@@ -191,6 +201,29 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     }
   }
 
+  /** Producers running on this instance. */
+  get runningRuns (): number {
+    return this.#runs.running
+  }
+
+  /**
+   * Runs a producer under `key`: each item is published to the topic `key` and kept in the run's log, which
+   * `follow(key)` reads on any instance; a final event ends it. One running producer per key everywhere.
+   */
+  run<T> (key: string, producer: RunProducer<T>, options?: RunOptions<T>): Promise<RunResult> {
+    return this.#runs.run(key, producer, options as RunOptions<unknown>)
+  }
+
+  /** Stops the run of `key` wherever its producer runs; true when a running run was found. */
+  cancel (key: string): Promise<boolean> {
+    return this.#runs.cancel(key)
+  }
+
+  /** `'running'`, `'ended'`, or undefined when there is nothing to follow (unknown, expired, or the client has the end). */
+  runState (key: string, lastEventId?: string): Promise<RunState | undefined> {
+    return this.#runs.state(key, lastEventId)
+  }
+
   /** @internal the plugin's side of the adapter seam */
   get host (): AdapterHost {
     return {
@@ -279,10 +312,9 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const adapter = this.#settings.adapter
     const identifier = source.identifier
     const lastEventId = source.lastEventId
-    if (lastEventId === undefined || lastEventId === '') return
+    // A `registered` listener may have closed it already.
+    if (lastEventId === undefined || lastEventId === '' || !source.isActive) return
     source._replaying = true
-    // A `registered` listener may have closed it.
-    if (!source.isActive) return
     // Without history nothing the client missed can be sent: it gets the gap report, so that it reloads.
     const reading = !adapter.hasHistory
       ? Promise.resolve({ messages: [], gap: true })
@@ -341,7 +373,14 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       if (source === undefined) return
       targets = [source]
     } else if ('topic' in to) {
-      targets = this.#topics.union(typeof to.topic === 'string' ? [to.topic] : to.topic)
+      if (typeof to.topic === 'string') {
+        // A topic nobody here follows (a run's events, mostly): nothing to frame.
+        const followers = this.#topics.followers(to.topic)
+        if (followers === undefined) return
+        targets = followers
+      } else {
+        targets = this.#topics.union(to.topic)
+      }
     } else {
       const prefix = to.prefix
       targets = this.find(identifier => identifier.startsWith(prefix))
@@ -385,6 +424,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   /** @internal ends every open stream, waits up to closeGrace for their bytes to leave, then cuts the rest */
   async closeAll (): Promise<void> {
     this.#closing = true
+    await this.#runs.close()
     const sources = [...this.#open]
     for (const source of sources) source._end('shutdown')
     // Before Node 24 an HTTP/2 server's close() waits for every session to end, and a browser keeps its session

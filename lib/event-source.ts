@@ -10,6 +10,7 @@ import { checkHeader, STREAM_HEADERS, type Settings } from './options'
 import { PingPolicy, type PingScheduler } from './ping'
 import { follows, later, parsePosition, type Position } from './position'
 import { pipe } from './producer'
+import type { Runs } from './runs'
 import type { WriteScheduler } from './scheduler'
 import { checkTopics, type TopicIndex } from './topics'
 import type { CloseReason, HttpRequestEventSource, ReplayInfo, SendOptions, StreamOptions, StreamSource } from '../types/index'
@@ -24,6 +25,7 @@ export interface SourceContext {
   scheduler: WriteScheduler
   pings: PingScheduler
   topics: TopicIndex<EventSource>
+  runs: Runs
   metrics: Metrics
   release (source: EventSource): void
 }
@@ -180,6 +182,10 @@ export class EventSource implements HttpRequestEventSource {
 
   stream<T> (source: StreamSource<T>, options?: StreamOptions<T>): Promise<number> {
     return pipe(this, source, options)
+  }
+
+  follow (key: string): Promise<void> {
+    return this.#ctx.runs.follow(this, key)
   }
 
   comment (text: string): boolean {

@@ -84,6 +84,21 @@ declare namespace fastifyEventSources {
       ? Options & { data?: unknown }
       : { [K in keyof Events & string]: Omit<Options, 'event'> & { data: Events[K] } & (K extends 'message' ? { event?: K | undefined } : { event: K }) }[keyof Events & string]
 
+  /**
+   * A topic: a non-empty string of at most 1,024 UTF-16 code units without CR, LF or NUL. Anything else throws
+   * FST_ERR_SSE_INVALID_FIELD.
+   */
+  export type Topic = string
+
+  /** Identified sources: one identifier, or every identifier with a prefix. */
+  export type SourceSelector = string | { prefix: string }
+
+  /**
+   * Who a published message is for: one identifier, every identifier with a prefix, the followers of one or
+   * more topics (identified or not; each once), or (absent) every identified source.
+   */
+  export type PublishTarget = SourceSelector | { topic: Topic | Topic[] }
+
   /** What `stream()` pulls from: an async iterable, an iterable (not a string), a Node Readable or a Web ReadableStream. */
   export type StreamSource<T> = (AsyncIterable<T> | Iterable<T> | Readable | ReadableStream<T>) & NotAString
 
@@ -121,6 +136,95 @@ declare namespace fastifyEventSources {
 
   /** Identified sources: one identifier, or every identifier with a prefix. */
   export type SourceSelector = PublishTarget
+  /** What a run pulls from: a source as for `stream()`, or a function given the run's signal that returns one. */
+  export type RunProducer<T> = StreamSource<T> | ((signal: AbortSignal) => StreamSource<T>)
+
+  /** A run is going on, or it ended and its events are still kept (within its ttl). */
+  export type RunState = 'running' | 'ended'
+
+  /** The `reason` of a run's end event: `'lost'` when the instance running the producer died. */
+  export type RunEndReason = 'done' | 'cancelled' | 'error' | 'lost'
+
+  export interface RunResult {
+    /** Items published (the end event not counted). */
+    sent: number
+    /** `'done'`: the producer finished; `'cancelled'`: cancel(), abandonAfter or shutdown; `'error'`: it threw, or an item or a store failed. */
+    reason: 'done' | 'cancelled' | 'error'
+    /** With `'error'`: what went wrong. */
+    error?: unknown
+  }
+
+  export interface RunOptions<T = unknown> {
+    /** Names every item's event (as for stream()). No CR, LF or NUL. */
+    event?: string
+    /** Turns an item into a message or skips it, as for stream(); an `id` it returns is ignored (a run numbers its events). */
+    map? (item: StreamItem<T>): StreamMessage | undefined
+    /** The final event's name; its data is `{"reason": "…"}`. Default `'end'`. */
+    endEvent?: string
+    /** How long (ms) the run's events are kept after its end. Default 600000 (10 minutes). */
+    ttl?: number
+    /** Events kept for the run (the oldest go first; a follower from before them gets the reset event). Default 10000. */
+    maxEvents?: number
+    /** Cancel the run once it has had no follower for this long (ms). Default: a run never stops for lack of followers. */
+    abandonAfter?: number
+  }
+
+  /** One stored event of a run: its place in the run (1, 2, …; the end event is the last) and the message. */
+  export interface RunEntry {
+    n: number
+    message: PublishedMessage
+    end: boolean
+  }
+
+  /** A piece of a run's log, read for a follower. */
+  export interface RunPage {
+    entries: RunEntry[]
+    /** Events between the requested id and the first entry are no longer held. */
+    gap: boolean
+    /** The place of the event after the last one returned (or after the requested id when none is). */
+    next: number
+    /** More entries are held after this page. */
+    more: boolean
+    /** The requested id is the end event's (or after it): nothing more will come. */
+    ended: boolean
+  }
+
+  /** Settings of one run, as a store needs them. */
+  export interface RunSettings {
+    endEvent: string
+    ttl: number
+    maxEvents: number
+    abandonAfter: number | undefined
+  }
+
+  /** What a run store calls on each instance. */
+  export interface RunSink {
+    deliver (key: string, entry: RunEntry): void
+    cancelled (key: string): boolean
+    /** The producer's instance is gone: end the run with `'lost'`. */
+    lost (key: string): void
+    log: FastifyBaseLogger
+  }
+
+  /** Where runs are kept and how their events and cancels reach every instance (an adapter may bring one). */
+  export interface RunStore {
+    /** ms between two beats of the shared timer */
+    readonly beatInterval: number
+    /** Takes `key` for a new run, forgetting an ended one; false while a run holds it anywhere. */
+    begin (key: string, settings: RunSettings): Promise<boolean>
+    /** Stores an event, then has `sink.deliver` called with it on every instance. */
+    append (key: string, entry: RunEntry, settings: RunSettings): Promise<void>
+    /** Stores and delivers the end event unless the run has one; keeps the log `ttl` ms; lets go of `key`. An entry `n` of 0 is numbered by the store. */
+    finish (key: string, entry: RunEntry, settings: RunSettings): Promise<boolean>
+    /** Up to `limit` entries after the event `after` (from the start when absent or not of this run); undefined for an unknown or expired run. */
+    read (key: string, after: string | undefined, limit: number): Promise<RunPage | undefined>
+    state (key: string): Promise<{ state: RunState, endId: string | undefined } | undefined>
+    /** Asks the instance that runs `key` to stop it; true when a running run was found. */
+    cancel (key: string): Promise<boolean>
+    /** The shared timer: runs going on here (renew), runs followed here; resolves with running keys followed elsewhere. */
+    beat (running: readonly string[], followed: readonly string[]): Promise<readonly string[] | undefined>
+    close (): Promise<void>
+  }
 
   /** What `count()` counts: one identifier, every identifier with a prefix, or the followers of one topic. */
   export type CountTarget = string | { prefix: string } | { topic: Topic }
@@ -233,6 +337,13 @@ declare namespace fastifyEventSources {
      * FST_ERR_SSE_SERIALIZATION. Give the producer `signal` so it can stop its own work too.
      */
     stream<T> (source: StreamSource<T>, options?: StreamOptions<T>): Promise<number>
+    /**
+     * Follows the run `key`: its events from the start, or after this source's Last-Event-ID, written in bounded
+     * pieces, then live; the source is closed after the end event, and the promise resolves then (or when the
+     * source ends first). An unknown or expired run closes the source at once: check `eventSources.runState()`
+     * first to answer 204 instead. Rejects with FST_ERR_SSE_INVALID_FIELD for a bad key.
+     */
+    follow (key: string): Promise<void>
     /** Writes a comment (`: text`), invisible to the client's handlers. */
     comment (text: string): boolean
     /** Writes the response head now, so the client's `open` fires. */
@@ -254,9 +365,9 @@ declare namespace fastifyEventSources {
     openStreams: number
     /** Gauge: active identified sources on this instance. */
     activeConnections: number
-    /** Gauge: local topics with at least one follower (0 while the plugin has no topics). */
+    /** Gauge: local topics with at least one follower. */
     topics: number
-    /** Gauge: producers running on this instance (0 while the plugin has no runs). */
+    /** Gauge: producers running on this instance (`run()`). */
     runs: number
     /** Streams opened (every successful `getEventSource()`). */
     opened: number
@@ -319,6 +430,22 @@ declare namespace fastifyEventSources {
     readonly pingTimers: number
     /** A synchronous snapshot of this instance's counters and gauges, cheap enough for every scrape. */
     metrics (): EventSourcesMetrics
+    /** Run producers going on on this instance. */
+    readonly runningRuns: number
+    /**
+     * Runs a producer under `key`: each item is published to the topic `key` and kept in the run's log, in order;
+     * a final event (`endEvent`, data `{"reason": "…"}`) ends it. Resolves when the run is over; rejects with
+     * FST_ERR_SSE_RUN_EXISTS while a run of `key` goes on on any instance, FST_ERR_SSE_INVALID_FIELD for a bad
+     * key or option.
+     */
+    run<T> (key: string, producer: RunProducer<T>, options?: RunOptions<T>): Promise<RunResult>
+    /** Stops the run of `key` wherever its producer runs (its signal aborts); true when a running run was found. */
+    cancel (key: string): Promise<boolean>
+    /**
+     * `'running'` or `'ended'`; undefined when there is nothing to follow: an unknown or expired key, or, given the
+     * client's Last-Event-ID, an ended run whose end event it already has. Answer 204 then.
+     */
+    runState (key: string, lastEventId?: string): Promise<RunState | undefined>
     /** This instance only: a live object is never on another instance. */
     getByIdentifier (identifier: string): HttpRequestEventSource | undefined
     find (predicate: (identifier: string) => boolean): HttpRequestEventSource[]
@@ -437,6 +564,8 @@ declare namespace fastifyEventSources {
   }
 
   export interface AdapterHost {
+    /** This instance's sources, for an adapter that provides `presence` and `count` across instances. */
+    presence: LocalPresence
     deliver (message: PublishedMessage): void
     closeOlder (identifier: string, openedAt: number): void
     /** Applies a subscribe or unsubscribe to this instance's sources. */
@@ -450,8 +579,6 @@ declare namespace fastifyEventSources {
     identified (): [identifier: string, openedAt: number][]
     /** When this instance's source with that identifier was opened, if it has one. */
     openedAt (identifier: string): number | undefined
-    /** This instance's sources, for an adapter that provides `presence` and `count` across instances. */
-    presence: LocalPresence
     log: FastifyBaseLogger
   }
 
@@ -477,6 +604,8 @@ declare namespace fastifyEventSources {
     presence? (topic: Topic): Promise<string[]>
     /** Open streams on every instance (matching `to`). Without it, `count()` answers for this instance. */
     count? (to: CountTarget | undefined): Promise<number>
+    /** Where runs are kept across instances; without it, each instance keeps its own runs in memory. */
+    runStore? (sink: RunSink): RunStore
     close (): Promise<void>
   }
 
@@ -567,6 +696,7 @@ declare namespace fastifyEventSources {
     FST_ERR_SSE_PUBLISH_FAILED: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_PUBLISH_FAILED', statusCode: 503 }, [string]>
     FST_ERR_SSE_ADAPTER: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_ADAPTER', statusCode: 500 }, [string]>
     FST_ERR_SSE_NOT_ACCEPTABLE: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_NOT_ACCEPTABLE', statusCode: 406 }>
+    FST_ERR_SSE_RUN_EXISTS: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_RUN_EXISTS', statusCode: 409 }, [string]>
   }
 
   export type { FastifyError }

@@ -38,6 +38,12 @@ declare namespace redisAdapter {
      * written in one transaction.
      */
     presence?: { heartbeat?: number | undefined, flush?: number | undefined } | false | undefined
+    /**
+     * Resumable runs: `lease` (ms, default 10000) is how long a producer's hold on its key lasts without renewal
+     * (renewed at every beat, a quarter of it). When the instance running a producer dies, followers elsewhere get
+     * the end event with reason 'lost' within about `lease` plus one beat (about 12 s by default, under 15 s).
+     */
+    runs?: { lease?: number | undefined } | undefined
   }
 
   export interface RedisAdapter extends EventSourceAdapter {

@@ -7,6 +7,8 @@ import { isTarget } from '../target'
 import { checkTopics } from '../topics'
 import type { AdapterHost, AdapterPublishOptions, ControlMessage, CountTarget, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
 import { PRESENCE_DEFAULTS, RedisPresence, type PresenceSettings } from './redis-presence'
+import type { RunSink } from '../runs'
+import { RedisRunStore } from './redis-runs'
 import type { RedisAdapterOptions } from '../../types/redis'
 
 // Fail fast instead of queueing while Redis is away: a queued publish would hang, then arrive late and out of order.
@@ -72,6 +74,8 @@ class RedisAdapter implements EventSourceAdapter {
   #keyTtl: number
   #timeout: number
   #connectTimeout: number
+  #runLease: number
+  #runs: RedisRunStore | undefined
   #client: Redis | undefined
   #subscriber: Redis | undefined
   #owned: Redis[] = []
@@ -117,6 +121,9 @@ class RedisAdapter implements EventSourceAdapter {
     this.#topicTtl = history === false ? 0 : unbounded('history.ttl', history?.ttl, 3_600_000)
     this.#timeout = positive('publishTimeout', options.publishTimeout, 2000)
     this.#connectTimeout = positive('connectTimeout', options.connectTimeout, 5000)
+    const runs = options.runs
+    if (runs !== undefined && (typeof runs !== 'object' || runs === null)) fail('runs', 'must be { lease }')
+    this.#runLease = positive('runs.lease', runs?.lease, 10_000)
     const presence = options.presence
     if (presence !== undefined && presence !== false && (typeof presence !== 'object' || presence === null)) fail('presence', 'must be { heartbeat, flush } or false')
     this.#presenceSettings = presence === false
@@ -245,8 +252,22 @@ class RedisAdapter implements EventSourceAdapter {
     this.#announce([[identifier, openedAt]])
   }
 
+  /** Runs through Redis: followed and cancelled from any instance, one producer per key in the whole cluster. */
+  runStore (sink: RunSink): RedisRunStore {
+    return (this.#runs ??= new RedisRunStore(this.channelPrefix, { lease: this.#runLease, timeout: this.#timeout }, sink, () => this.#openRuns(), message => this.#host?.deliver(message)))
+  }
+
+  async #openRuns (): Promise<[Redis, Redis]> {
+    const client = this.#client
+    if (client === undefined || this.#closed) throw new FST_ERR_SSE_ADAPTER(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
+    const subscriber = this.#own((this.#userClient ?? client).duplicate({ enableOfflineQueue: false, lazyConnect: false }))
+    await this.#ready(subscriber)
+    return [client, subscriber]
+  }
+
   /** Lets publishes already sent finish, then closes the connections this adapter opened; a client passed in stays open. */
   async close (): Promise<void> {
+    await this.#runs?.close()
     await this.#presence?.close()
     this.#closed = true
     await Promise.race([Promise.allSettled([...this.#inFlight]), sleep(this.#timeout)])

@@ -79,6 +79,7 @@ export class MemoryTopicHistory implements HistoryStore {
   readonly epoch: string
   #seq = 0
   #latestId: string | undefined
+  #latestPosition: string | undefined
   #plain = new Ring()
   /** Least recently published first: a Map keeps insertion order, and a publish re-inserts its topics. */
   #topics = new Map<string, Ring>()
@@ -108,10 +109,11 @@ export class MemoryTopicHistory implements HistoryStore {
     const seq = ++this.#seq
     const position = this.epoch + '-' + seq
     const id = message.id ?? position
-    const held: Held = { seq, message: { ...message, id, position }, key, rings: 0 }
-    // Live delivery compares it with each source's own position.
     message.position = position
+    // A message given an id (a run's event, say) is held as it is, shared with whoever else keeps it.
+    const held: Held = { seq, message: message.id === undefined ? { ...message, id, position } : message, key, rings: 0 }
     this.#latestId = id
+    this.#latestPosition = position
     if (key !== undefined) this.#keys.set(key, id)
     if (message.id !== undefined) this.#explicit.set(id, seq)
     const topics = topicsOf(message.to)
@@ -172,8 +174,7 @@ export class MemoryTopicHistory implements HistoryStore {
       previous = held.seq
       messages.push(held.message)
     }
-    if (this.#latestId === undefined) return { messages, gap }
-    return { messages, gap, latestId: this.#latestId, position: this.epoch + '-' + this.#seq }
+    return this.#latestId === undefined ? { messages, gap } : { messages, gap, latestId: this.#latestId, position: this.#latestPosition }
   }
 
   /** The seq a Last-Event-ID stands for, or -1 when this store cannot place it (another epoch, or an unknown id). */
