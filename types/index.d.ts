@@ -84,21 +84,6 @@ declare namespace fastifyEventSources {
       ? Options & { data?: unknown }
       : { [K in keyof Events & string]: Omit<Options, 'event'> & { data: Events[K] } & (K extends 'message' ? { event?: K | undefined } : { event: K }) }[keyof Events & string]
 
-  /**
-   * A topic: a non-empty string of at most 1,024 UTF-16 code units without CR, LF or NUL. Anything else throws
-   * FST_ERR_SSE_INVALID_FIELD.
-   */
-  export type Topic = string
-
-  /** Identified sources: one identifier, or every identifier with a prefix. */
-  export type SourceSelector = string | { prefix: string }
-
-  /**
-   * Who a published message is for: one identifier, every identifier with a prefix, the followers of one or
-   * more topics (identified or not; each once), or (absent) every identified source.
-   */
-  export type PublishTarget = SourceSelector | { topic: Topic | Topic[] }
-
   /** What `stream()` pulls from: an async iterable, an iterable (not a string), a Node Readable or a Web ReadableStream. */
   export type StreamSource<T> = (AsyncIterable<T> | Iterable<T> | Readable | ReadableStream<T>) & NotAString
 
