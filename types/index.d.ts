@@ -111,6 +111,14 @@ declare namespace fastifyEventSources {
     map? (item: StreamItem<T>): StreamMessage | undefined
   }
 
+  /**
+   * `run()`'s options under an event map: either `map` turns each item into a message of the map (`{ event, data }`),
+   * or `event` names every item, whose type must then be that event's data.
+   */
+  export type TypedStreamOptions<T, Events extends object> =
+    | { event?: undefined, map (item: StreamItem<T>): EventMessage<Events> | undefined }
+    | { [K in keyof Events & string]: [StreamItem<T>] extends [Events[K]] ? { event: K, map?: undefined } : never }[keyof Events & string]
+
   /** Who a published message is for: one identifier, every identifier with a prefix, or (absent) every identified source. */
   export type PublishTarget = string | { prefix: string }
 
@@ -424,6 +432,11 @@ declare namespace fastifyEventSources {
      * key or option.
      */
     run<T> (key: string, producer: RunProducer<T>, options?: RunOptions<T>): Promise<RunResult>
+    /**
+     * `run<ChatEvents, Item>(key, producer, { map })`: each item becomes a message of the event map (or `event` names
+     * them all, when the items are that event's data). Name the item type too: TypeScript infers none once one is given.
+     */
+    run<Events extends object, T = unknown> (key: string, producer: RunProducer<T>, options: Omit<RunOptions<T>, 'event' | 'map'> & TypedStreamOptions<T, NoInfer<Events>>): Promise<RunResult>
     /** Stops the run of `key` wherever its producer runs (its signal aborts); true when a running run was found. */
     cancel (key: string): Promise<boolean>
     /**
