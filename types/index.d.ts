@@ -219,6 +219,9 @@ declare namespace fastifyEventSources {
     close (): Promise<void>
   }
 
+  /** What `count()` counts: one identifier, every identifier with a prefix, or the followers of one topic. */
+  export type CountTarget = string | { prefix: string } | { topic: Topic }
+
   export interface PublishOptions extends SendOptions {
     to?: PublishTarget | TopicTarget | undefined
     /**
@@ -464,6 +467,19 @@ declare namespace fastifyEventSources {
     subscribe (to: SourceSelector, topics: Topic | Topic[]): Promise<void>
     /** The sources matching `to` on every instance stop following `topics`. */
     unsubscribe (to: SourceSelector, topics: Topic | Topic[]): Promise<void>
+    /**
+     * The identifiers of the open sources following `topic` on every instance the adapter reaches, each once
+     * (anonymous followers have none; `count({ topic })` counts them). Without an adapter, or with one that does
+     * not provide presence, this instance's.
+     * Rejects with FST_ERR_SSE_INVALID_FIELD for a bad topic, FST_ERR_SSE_ADAPTER when the adapter cannot answer.
+     */
+    presence (topic: Topic): Promise<string[]>
+    /**
+     * Open streams on every instance the adapter reaches, identified or not; with `to`, only the identified ones
+     * with that identifier or prefix, or the followers of that topic (identified or not).
+     * Rejects with FST_ERR_SSE_INVALID_FIELD for a bad target, FST_ERR_SSE_ADAPTER when the adapter cannot answer.
+     */
+    count (to?: CountTarget): Promise<number>
     on<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
     off<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
     once<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
@@ -517,7 +533,37 @@ declare namespace fastifyEventSources {
     topics: Topic[]
   }
 
+  /** Told of every change to who is connected here; an adapter batches these into what other instances read. */
+  export interface PresenceListener {
+    /** A stream opened or ended. */
+    streams (): void
+    /** A source with this identifier was registered or left the collection. */
+    identifier (identifier: string): void
+    /** A source (with this identifier, if any) started or stopped following `topic`. */
+    topic (topic: Topic, identifier: string | undefined): void
+  }
+
+  /** Who is connected to this instance, read live from the plugin's own structures. */
+  export interface LocalPresence {
+    /** Open streams, identified or not. */
+    readonly streams: number
+    presence (topic: Topic): string[]
+    count (to?: CountTarget): number
+    hasIdentifier (identifier: string): boolean
+    identifiers (): Iterable<string>
+    /** The topics some open source follows here. */
+    topics (): Iterable<Topic>
+    /** Open streams following `topic`, identified or not. */
+    topicStreams (topic: Topic): number
+    /** Whether the source with this identifier follows `topic`. */
+    follows (topic: Topic, identifier: string): boolean
+    /** One listener at a time (undefined removes it). */
+    watch (listener: PresenceListener | undefined): void
+  }
+
   export interface AdapterHost {
+    /** This instance's sources, for an adapter that provides `presence` and `count` across instances. */
+    presence: LocalPresence
     deliver (message: PublishedMessage): void
     closeOlder (identifier: string, openedAt: number): void
     /** Applies a subscribe or unsubscribe to this instance's sources. */
@@ -552,6 +598,10 @@ declare namespace fastifyEventSources {
      * `eventSources.subscribe()` applies to this instance only.
      */
     control? (message: ControlMessage): Promise<void>
+    /** Identifiers following `topic` on every instance, each once. Without it, `presence()` answers for this instance. */
+    presence? (topic: Topic): Promise<string[]>
+    /** Open streams on every instance (matching `to`). Without it, `count()` answers for this instance. */
+    count? (to: CountTarget | undefined): Promise<number>
     /** Where runs are kept across instances; without it, each instance keeps its own runs in memory. */
     runStore? (sink: RunSink): RunStore
     close (): Promise<void>
