@@ -1,12 +1,11 @@
 import tap, { test, type Test } from 'tap'
-import { fork, type ChildProcess } from 'node:child_process'
-import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import redisAdapter from '../lib/adapters/redis'
 import type { RedisAdapterOptions } from '../types/redis'
 import type { CountTarget } from '../types/index'
 import { openRaw, type Raw } from './helpers/raw'
+import { Instance } from './helpers/redis-instance'
 import { redisClient, redisReady, redisUrl, uniquePrefix } from './helpers/redis'
 import { start, until } from './helpers/server'
 
@@ -14,50 +13,16 @@ import { start, until } from './helpers/server'
 const HEARTBEAT = 500
 
 /** One instance with Redis presence in a child process (the built package), driven over IPC. */
-class Instance {
-  readonly child: ChildProcess
-  port = 0
-  #n = 0
-  #pending = new Map<number, { resolve: (value: unknown) => void, reject: (err: Error) => void }>()
-
+class PresenceInstance extends Instance {
   constructor (prefix: string) {
-    this.child = fork(join(__dirname, 'fixtures', 'presence-instance.js'), {
-      env: { ...process.env, REDIS_URL: redisUrl, CHANNEL_PREFIX: prefix, HEARTBEAT: String(HEARTBEAT) },
-      execArgv: [],
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc']
-    })
-    this.child.on('message', (message: { n?: number, result?: unknown, error?: string, port?: number }) => {
-      if (message.port !== undefined) this.port = message.port
-      if (message.n === undefined) return
-      const pending = this.#pending.get(message.n)
-      this.#pending.delete(message.n)
-      if (message.error !== undefined) pending?.reject(new Error(message.error))
-      else pending?.resolve(message.result)
-    })
-    this.child.on('exit', () => {
-      for (const pending of this.#pending.values()) pending.reject(new Error('the instance exited'))
-      this.#pending.clear()
-    })
+    super(prefix, redisUrl, { HEARTBEAT: String(HEARTBEAT) }, 'presence-instance.js')
   }
 
-  url (id?: string, topics: string[] = []): string {
+  sse (id?: string, topics: string[] = []): string {
     const query = new URLSearchParams()
     if (id !== undefined) query.set('id', id)
     if (topics.length > 0) query.set('topics', topics.join(','))
-    return `http://127.0.0.1:${this.port}/sse?${query.toString()}`
-  }
-
-  async ready (): Promise<void> {
-    await until(() => this.port !== 0 || this.child.exitCode !== null, 15_000, 'the instance to listen')
-    if (this.port === 0) throw new Error('the instance exited')
-  }
-
-  call (command: string, args: Record<string, unknown> = {}): Promise<unknown> {
-    const n = ++this.#n
-    return new Promise((resolve, reject) => {
-      this.#pending.set(n, { resolve, reject })
-      this.child.send({ n, command, args })
-    })
+    return `${this.url}/sse?${query.toString()}`
   }
 
   presence (topic: string): Promise<string[]> {
@@ -67,26 +32,11 @@ class Instance {
   count (to?: CountTarget): Promise<number> {
     return this.call('count', { to }) as Promise<number>
   }
-
-  kill (): Promise<void> {
-    const exited = new Promise<void>(resolve => this.child.once('exit', () => resolve()))
-    this.child.kill('SIGKILL')
-    return exited
-  }
-
-  async stop (): Promise<void> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return
-    const exited = new Promise(resolve => this.child.once('exit', resolve))
-    this.child.disconnect()
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), 3000)
-    await exited
-    clearTimeout(timer)
-  }
 }
 
-async function instances (t: Test, size: number): Promise<{ nodes: Instance[], prefix: string }> {
+async function instances (t: Test, size: number): Promise<{ nodes: PresenceInstance[], prefix: string }> {
   const prefix = uniquePrefix(t)
-  const nodes = Array.from({ length: size }, () => new Instance(prefix))
+  const nodes = Array.from({ length: size }, () => new PresenceInstance(prefix))
   t.teardown(() => Promise.all(nodes.map(node => node.stop())))
   await Promise.all(nodes.map(node => node.ready()))
   return { nodes, prefix }
@@ -106,8 +56,8 @@ async function settles<T> (ask: () => Promise<T>, ok: (value: T) => boolean, wha
 
 const same = (expected: unknown) => (value: unknown) => JSON.stringify(value) === JSON.stringify(expected)
 
-async function open (t: Test, node: Instance, id: string | undefined, topics: string[] = []): Promise<Raw> {
-  return openRaw(t, node.url(id, topics))
+async function open (t: Test, node: PresenceInstance, id: string | undefined, topics: string[] = []): Promise<Raw> {
+  return openRaw(t, node.sse(id, topics))
 }
 
 /** `/sse?id=&topics=a,b`, as in the child processes. */
@@ -232,7 +182,7 @@ if (redisReady(tap)) {
   test('presence and counts across three instances: joins, leaves, a clean shutdown and SIGKILL', async t => {
     const { nodes, prefix } = await instances(t, 3)
     const [a, b, c] = nodes
-    const everywhere = async (what: string, ask: (node: Instance) => Promise<unknown>, expected: unknown, among = nodes): Promise<void> => {
+    const everywhere = async (what: string, ask: (node: PresenceInstance) => Promise<unknown>, expected: unknown, among = nodes): Promise<void> => {
       const times = await Promise.all(among.map(node => settles(() => ask(node), same(expected), what)))
       t.pass(`${what}: ${JSON.stringify(expected)} on every instance`)
       t.comment(`${what}: seen everywhere after ${Math.max(...times)} ms`)

@@ -1,6 +1,4 @@
 import tap, { test, type Test } from 'tap'
-import { fork, type ChildProcess } from 'node:child_process'
-import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import { request } from 'undici'
 import redisAdapter from '../lib/adapters/redis'
@@ -9,6 +7,7 @@ import { start, until } from './helpers/server'
 import { readEvents } from './helpers/read-events'
 import { sleep } from './helpers/clients'
 import { Client, Switchboard, portOf, redisClient, redisReady, redisUrl, uniquePrefix } from './helpers/redis'
+import { Instance } from './helpers/redis-instance'
 import { PrivateRedis, hasRedisServer } from './helpers/redis-server'
 
 if (!redisReady(tap)) process.exit(0)
@@ -155,47 +154,16 @@ test('Redis: abandonAfter counts followers on every instance', async t => {
 })
 
 /** An instance in a child process (the built package), so that it can be killed. */
-class Child {
-  readonly child: ChildProcess
-  port = 0
-  #n = 0
-  #pending = new Map<number, { resolve: (value: unknown) => void, reject: (err: Error) => void }>()
-
-  constructor (t: Test, prefix: string, lease: number) {
-    this.child = fork(join(__dirname, 'fixtures', 'run-instance.js'), {
-      env: { ...process.env, REDIS_URL: redisUrl, CHANNEL_PREFIX: prefix, RUN_LEASE: String(lease) },
-      execArgv: [],
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc']
-    })
-    this.child.on('message', (message: { n?: number, result?: unknown, error?: string, port?: number }) => {
-      if (message.port !== undefined) this.port = message.port
-      if (message.n === undefined) return
-      const pending = this.#pending.get(message.n)
-      this.#pending.delete(message.n)
-      if (message.error !== undefined) pending?.reject(new Error(message.error))
-      else pending?.resolve(message.result)
-    })
-    t.teardown(() => { if (this.child.exitCode === null) this.child.kill('SIGKILL') })
-  }
-
-  async ready (): Promise<void> {
-    await until(() => this.port !== 0 || this.child.exitCode !== null, 15_000, 'the instance to listen')
-    if (this.port === 0) throw new Error('the instance exited')
-  }
-
-  call (command: string, args: Record<string, unknown>): Promise<unknown> {
-    const n = ++this.#n
-    return new Promise((resolve, reject) => {
-      this.#pending.set(n, { resolve, reject })
-      this.child.send({ n, command, args })
-    })
-  }
+function child (t: Test, prefix: string, lease: number): Instance {
+  const instance = new Instance(prefix, redisUrl, { RUN_LEASE: String(lease) }, 'run-instance.js')
+  t.teardown(() => instance.stop())
+  return instance
 }
 
 test('Redis, separate processes: SIGKILL of the producing instance ends the run as lost for followers elsewhere', async t => {
   const lease = 1000
   const prefix = runPrefix(t)
-  const producer = new Child(t, prefix, lease)
+  const producer = child(t, prefix, lease)
   const [b] = await cluster(t, 1, lease, prefix)
   await producer.ready()
   t.equal(await producer.call('run', { key: 'doomed', count: 100_000, every: 10 }), 'started')

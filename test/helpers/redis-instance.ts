@@ -10,8 +10,8 @@ export class Instance {
   #n = 0
   #pending = new Map<number, { resolve: (value: unknown) => void, reject: (err: Error) => void }>()
 
-  constructor (prefix: string, url = redisUrl, env: Record<string, string> = {}) {
-    this.child = fork(join(__dirname, '..', 'fixtures', 'redis-instance.js'), {
+  constructor (prefix: string, url = redisUrl, env: Record<string, string> = {}, fixture = 'redis-instance.js') {
+    this.child = fork(join(__dirname, '..', 'fixtures', fixture), {
       env: { ...process.env, REDIS_URL: url, CHANNEL_PREFIX: prefix, ...env },
       execArgv: [],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc']
@@ -23,6 +23,10 @@ export class Instance {
       this.#pending.delete(message.n)
       if (message.error !== undefined) pending?.reject(new Error(message.error))
       else pending?.resolve(message.result)
+    })
+    this.child.on('exit', () => {
+      for (const pending of this.#pending.values()) pending.reject(new Error('the instance exited'))
+      this.#pending.clear()
     })
   }
 
@@ -47,8 +51,14 @@ export class Instance {
     return this.call('publish', { data, to })
   }
 
+  kill (): Promise<void> {
+    const exited = new Promise<void>(resolve => this.child.once('exit', () => resolve()))
+    this.child.kill('SIGKILL')
+    return exited
+  }
+
   async stop (): Promise<void> {
-    if (this.child.exitCode !== null) return
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return
     const exited = new Promise(resolve => this.child.once('exit', resolve))
     this.child.disconnect()
     const timer = setTimeout(() => this.child.kill('SIGKILL'), 3000)
