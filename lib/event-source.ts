@@ -369,7 +369,11 @@ export class EventSource implements HttpRequestEventSource {
     headers['content-type'] = 'text/event-stream; charset=utf-8'
     headers['cache-control'] = 'no-cache, no-transform'
     headers['x-accel-buffering'] = 'no'
-    if (!this.#h2) headers.connection = 'keep-alive'
+    if (!this.#h2) {
+      // A stream never carries a second response, so its body can run to the close: no chunk header on every write.
+      headers.connection = settings.chunked ? 'keep-alive' : 'close'
+      if (!settings.chunked) this.#res.useChunkedEncodingByDefault = false
+    }
     for (const name in settings.headers) headers[name.toLowerCase()] = settings.headers[name]
     if (this.#appended !== undefined) {
       // appendHeader overrides a default or carried value of the same name; repeated calls add values.
