@@ -15,6 +15,8 @@ async function main () {
   await app.register(eventSources, {
     history: variant === 'publish' ? { size: 1000 } : false,
     batch: variant === 'batch',
+    // CHUNKED=1 or 0 sets the option; unset leaves the plugin's default.
+    ...(process.env.CHUNKED === undefined ? {} : { chunked: process.env.CHUNKED === '1' }),
     ping: PING_MS > 0 ? { interval: PING_MS } : undefined
   })
   const sources = app.eventSources
