@@ -20,10 +20,14 @@ const has = name => args.includes(`--${name}`)
 const ns = (value('n') ?? '2000,10000').split(',').map(Number)
 const passes = Number(value('runs') ?? 3)
 const quick = has('quick')
-const plan = quick
-  ? { rounds: 5, healthRounds: 0, blastMs: 1000, bursts: [1, 10], settleMs: 500, pingMs: 1000, windowMs: 3000 }
-  : { rounds: 9, healthRounds: 0, blastMs: 2000, bursts: [1, 10], settleMs: 800, pingMs: 1000, windowMs: 4000 }
-plan.sustainedNs = ns
+// --cpu: broadcasts only, many rounds, for the server's CPU per broadcast (what a loaded machine does not skew much)
+const plan = has('cpu')
+  ? { rounds: 31, healthRounds: 0, blastMs: 0, bursts: [], settleMs: 500, pingMs: 1000, windowMs: 3000 }
+  : quick
+    ? { rounds: 5, healthRounds: 0, blastMs: 1000, bursts: [1, 10], settleMs: 500, pingMs: 1000, windowMs: 3000 }
+    : { rounds: 9, healthRounds: 0, blastMs: 2000, bursts: [1, 10], settleMs: 800, pingMs: 1000, windowMs: 4000 }
+if (plan.bursts.length > 0) plan.sustainedNs = ns
+else plan.sustainedNs = []
 
 const CONTENDERS = [
   { id: 'plain', file: 'plain-node.js', label: 'node:http, chunked res.write loop (the reference)' },
@@ -73,9 +77,9 @@ async function main () {
         const r = await runOne(c, n, 'main', plan)
         runs.push({ pass, contender: c.id, ...r })
         const f = r.fanout
-        console.error(`pass ${pass + 1} N=${n} ${c.id.padEnd(15)} ${r.error ?? `p50 ${f.p50ms} p99 ${f.p99ms} loop ${f.loopMaxCpuMs} ms; ${r.sustained.map(s => s.deliveredPerSec + '/s').join(' ')}; heap ${r.memory.heapPerConn} rss ${r.memory.rssPerConn}`}`)
+        console.error(`pass ${pass + 1} N=${n} ${c.id.padEnd(15)} ${r.error ?? `p50 ${f.p50ms} p99 ${f.p99ms} cpu ${f.cpuMs} loop ${f.loopMaxCpuMs} ms; ${r.sustained.map(s => s.deliveredPerSec + '/s').join(' ')}; heap ${r.memory.heapPerConn} rss ${r.memory.rssPerConn}`}`)
       }
-      for (const c of order.filter(c => c.ping)) {
+      for (const c of order.filter(c => c.ping && !has('cpu'))) {
         const r = await runOne(c, n, 'ping', plan)
         runs.push({ pass, contender: c.id, ...r })
         console.error(`pass ${pass + 1} N=${n} ${c.id.padEnd(15)} ${r.error ?? `ping round loop ${r.ping.loopMaxCpuMs} ms cpu`}`)
