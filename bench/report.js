@@ -239,6 +239,13 @@ function writeReport (results) {
     out.push('')
   }
 
+  // Written by bench/stalled-memory.js, a run of its own.
+  const stalled = path.join(__dirname, 'results', 'stalled-memory.md')
+  if (fs.existsSync(stalled)) {
+    out.push(fs.readFileSync(stalled, 'utf8').trim())
+    out.push('')
+  }
+
   const findings = path.join(__dirname, 'findings.md')
   if (fs.existsSync(findings)) {
     out.push(fs.readFileSync(findings, 'utf8').trim())

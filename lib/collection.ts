@@ -6,10 +6,11 @@ import {
   FST_ERR_SSE_ALREADY_STREAMING, FST_ERR_SSE_CLOSING, FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD,
   FST_ERR_SSE_TOO_MANY_CONNECTIONS
 } from './errors'
-import { EventSource, publishedIds, type SendOptions, type SourceContext } from './event-source'
+import { EventSource, framePositions, type SendOptions, type SourceContext } from './event-source'
 import { checkEventOptions, eventFrame, messageFrame, serialize } from './frame'
 import type { PublishedMessage } from './history/history'
 import type { Settings } from './options'
+import { parsePosition } from './position'
 import { PingScheduler } from './ping'
 import { WriteScheduler } from './scheduler'
 import { isTarget, type Target } from './target'
@@ -127,6 +128,17 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     }
     if (reply.sent) throw new FST_ERR_SSE_HEADERS_SENT('*')
     const settings = this.#settings
+    if (clientGone(request)) {
+      // The client left while the handler awaited something first: its response's close already fired, and its
+      // address is gone with the socket. Hand back a source that has already ended, counted under no key and
+      // registered nowhere (it must not replace a live source of the same identifier).
+      reply.hijack()
+      const source = new EventSource(this.#ctx, request, reply, identifier, undefined, this.#lastEventId(request))
+      this.#open.add(source)
+      source._gone('client')
+      runOnResponseOnClose(reply, true)
+      return source
+    }
     if (this.#closing) {
       reply.header('retry-after', this.#retryAfter())
       throw new FST_ERR_SSE_CLOSING()
@@ -142,6 +154,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const source = new EventSource(this.#ctx, request, reply, identifier, key, this.#lastEventId(request))
     this.#open.add(source)
     if (key !== undefined) this.#perKey.set(key, (this.#perKey.get(key) ?? 0) + 1)
+    runOnResponseOnClose(reply)
     if (request.method === 'HEAD') {
       // A HEAD response has no body, and Node holds its head back until it ends: answer with the head at once,
       // and keep out of the collection so a probe cannot replace the live stream with its identifier.
@@ -157,19 +170,35 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   #register (source: EventSource, identifier: string): void {
     this.#byId.get(identifier)?._end('replaced')
     this.#byId.set(identifier, source)
-    this.emit('registered', source)
+    this.#emitSafely('registered', source)
     const adapter = this.#settings.adapter
     adapter.claim?.(identifier, source.openedAt)
     const lastEventId = source.lastEventId
-    if (lastEventId === undefined || lastEventId === '' || !adapter.hasHistory) return
+    if (lastEventId === undefined || lastEventId === '') return
     source._replaying = true
-    adapter.replay(lastEventId, identifier).then(
+    // Without history nothing the client missed can be sent: it gets the gap report, so that it reloads.
+    const reading = adapter.hasHistory ? adapter.replay(lastEventId, identifier) : Promise.resolve({ messages: [], gap: true })
+    reading.then(
       result => source._finishReplay(result, this.#settings.resetEvent, lastEventId),
       err => {
         source.request.log.warn({ err, identifier, lastEventId }, 'event source replay failed; reporting a gap')
         source._finishReplay({ messages: [], gap: true }, this.#settings.resetEvent, lastEventId)
       }
     )
+  }
+
+  /**
+   * A listener's error is the listener's: it is logged, the other listeners still run, and the stream opens (or
+   * closes) as it would without it. Thrown out of getEventSource() it would leave a hijacked reply with no owner.
+   */
+  #emitSafely (event: 'registered' | 'unregistered', source: EventSource): void {
+    for (const listener of this.rawListeners(event)) {
+      try {
+        (listener as (source: EventSource) => void).call(this, source)
+      } catch (err) {
+        source.request.log.error({ err, identifier: source.identifier }, `an event source '${event}' listener threw`)
+      }
+    }
   }
 
   #release (source: EventSource): void {
@@ -185,7 +214,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const identifier = source.identifier
     if (identifier !== undefined && this.#byId.get(identifier) === source) {
       this.#byId.delete(identifier)
-      this.emit('unregistered', source)
+      this.#emitSafely('unregistered', source)
     }
   }
 
@@ -203,7 +232,8 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       targets = this.find(identifier => identifier.startsWith(prefix))
     }
     const frame = eventFrame(message)
-    if (message.id !== undefined) publishedIds.set(frame, message.id)
+    const position = parsePosition(message.position)
+    if (position !== undefined) framePositions.set(frame, position)
     this.#ctx.scheduler.fanOut(targets, frame, 'message')
   }
 
@@ -248,4 +278,36 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     this.#ctx.scheduler.close()
     this.#ctx.pings.close()
   }
+}
+
+function clientGone (request: FastifyRequest): boolean {
+  const raw = request.raw as FastifyRequest['raw'] & { stream?: { destroyed: boolean } }
+  if (raw.stream !== undefined) return raw.stream.destroyed
+  return raw.socket === null || raw.socket.destroyed
+}
+
+const kCompleted = Symbol('fastify-event-sources.completed')
+type Completing = FastifyReply['raw'] & { [kCompleted]?: (err?: Error) => void }
+
+/**
+ * Fastify runs `onResponse` (and logs "request completed") when the response emits `finish`, with one listener
+ * it also puts on `error`. A stream whose client left, or that was cut, never finishes: run that listener when the
+ * response closes unfinished, so `onResponse` runs once for every end of a stream.
+ */
+function runOnResponseOnClose (reply: FastifyReply, closed = false): void {
+  const res = reply.raw as Completing
+  const onError = res.listeners('error')
+  const completed = res.listeners('finish').find(listener => onError.includes(listener)) as ((err?: Error) => void) | undefined
+  if (completed === undefined) return
+  // After the source's own listener, so that onResponse sees the source ended, whichever event comes.
+  res.off('error', completed)
+  res.on('error', completed)
+  res[kCompleted] = completed
+  if (closed) completeUnfinished.call(res)
+  else res.once('close', completeUnfinished)
+}
+
+function completeUnfinished (this: Completing): void {
+  const completed = this[kCompleted]
+  if (completed !== undefined && this.listeners('finish').includes(completed)) completed.call(this)
 }

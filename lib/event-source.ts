@@ -3,10 +3,11 @@ import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import type { Writable } from 'node:stream'
 import { FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD, FST_ERR_SSE_INVALID_HEADER } from './errors'
-import { commentFrame, eventFrame, messageFrame, retryFrame } from './frame'
+import { commentFrame, eventFrame, joinFrames, messageFrame, retryFrame } from './frame'
 import type { ReplayResult } from './history/history'
 import { checkHeader, STREAM_HEADERS, type Settings } from './options'
 import { PingPolicy, type PingScheduler } from './ping'
+import { follows, later, parsePosition, type Position } from './position'
 import type { WriteScheduler } from './scheduler'
 import type { CloseReason, HttpRequestEventSource, ReplayInfo, SendOptions } from '../types/index'
 
@@ -22,13 +23,21 @@ export interface SourceContext {
   release (source: EventSource): void
 }
 
-/** Ids of published frames, so the replay seam can recognise a live copy of a message it already replayed. */
-export const publishedIds = new WeakMap<Buffer, string>()
+/** The history position of each published frame: a source never writes one at or before the last it wrote. */
+export const framePositions = new WeakMap<Buffer, Position>()
 
 // Connection-specific headers are forbidden on HTTP/2 (RFC 9113 §8.2.2).
 const HOP_BY_HOP = ['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection']
 
 const kSource = Symbol('fastify-event-sources.source')
+const EMPTY = Buffer.alloc(0)
+/** Frames a source waiting for drain queues before they are packed into one buffer. */
+const PACK = 8
+/**
+ * Past this many bytes held by the socket, frames wait in the queue and go out joined: on the next tick, or at
+ * drain if the socket asked for one. A fast client's socket holds bytes only until the tick ends.
+ */
+const SOFT_LIMIT = 4096
 type TaggedResponse = ServerResponse & { [kSource]?: EventSource }
 
 function onResponseClose (this: TaggedResponse): void {
@@ -51,6 +60,7 @@ export class EventSource implements HttpRequestEventSource {
   readonly openedAt: number
   sentContentLength = 0
   droppedMessages = 0
+  droppedPings = 0
   replay: ReplayInfo | undefined = undefined
   closeReason: CloseReason | undefined = undefined
 
@@ -60,8 +70,10 @@ export class EventSource implements HttpRequestEventSource {
   _queuedBytes = 0
   /** @internal a replay is running: every write is queued behind it */
   _replaying = false
-  /** @internal ids the replay sent, dropped if they also come live */
-  _seam: Set<string> | null = null
+  /** @internal the position of the last published message written (or queued) here, or the replay's end */
+  _position: Position | undefined = undefined
+  /** @internal past the bound during a sliced fan-out: the next flush ends it */
+  _overBound = false
   /** @internal the key counted by maxConnectionsPerKey */
   _key: string | undefined
 
@@ -71,6 +83,8 @@ export class EventSource implements HttpRequestEventSource {
   #out: Writable
   #h2: boolean
   #active = true
+  /** frames queued since the queue was last packed */
+  #loose = 0
   #headWritten = false
   #appended: [string, string][] | undefined
   #abort: AbortController | undefined
@@ -153,11 +167,30 @@ export class EventSource implements HttpRequestEventSource {
       return Promise.reject(err)
     }
     if (!sent) return Promise.resolve(false)
-    if (this._queue !== null || this.#out.writableNeedDrain) return new Promise(resolve => { (this.#drainWaiters ??= []).push(resolve) })
-    // Node hands a response's writes to the kernel only at the end of the tick. With a bound under the socket's
-    // high-water mark no write asks for a drain before the bound is passed, so give the socket that turn first.
-    if (this.bufferedAmount * 2 > this.#ctx.settings.maxBufferedBytes) return new Promise(resolve => setImmediate(() => resolve(this.#active)))
-    return Promise.resolve(true)
+    if (this._queue !== null || this.#out.writableNeedDrain) {
+      return new Promise<boolean>(resolve => { (this.#drainWaiters ??= []).push(resolve) }).then(ok => ok && this.#belowHalfBound())
+    }
+    return this.#belowHalfBound()
+  }
+
+  /**
+   * With a bound under the socket's high-water mark no write asks for a drain before the bound is passed, so a
+   * `drain` may never come: past half the bound, wait until what is buffered has really reached the kernel (an
+   * empty write's callback runs after every earlier chunk was written out).
+   */
+  #belowHalfBound (): Promise<boolean> {
+    if (!this.#active) return Promise.resolve(false)
+    if (this.bufferedAmount * 2 <= this.#ctx.settings.maxBufferedBytes) return Promise.resolve(true)
+    const signal = this.signal
+    return new Promise(resolve => {
+      const done = (err?: Error | null): void => {
+        signal.removeEventListener('abort', onEnd)
+        resolve(err == null && this.#active)
+      }
+      const onEnd = (): void => { done() }
+      signal.addEventListener('abort', onEnd, { once: true })
+      this.#out.write(EMPTY, done)
+    })
   }
 
   comment (text: string): boolean {
@@ -218,9 +251,10 @@ export class EventSource implements HttpRequestEventSource {
 
   /** @internal the one path every frame takes to this source's socket */
   _write (frame: Buffer, kind: WriteKind): boolean {
-    if (!this.#active) return false
-    if (this._seam !== null && !this.#passesSeam(frame)) return false
-    if (this._queue !== null || this._replaying || this.#ctx.settings.batch) return this._enqueue(frame, kind)
+    if (!this.#active || this._overBound) return false
+    if (this._queue !== null || this._replaying || this.#ctx.settings.batch || this.#out.writableLength >= SOFT_LIMIT) return this._enqueue(frame, kind)
+    const position = kind === 'message' ? framePositions.get(frame) : undefined
+    if (position !== undefined && !this.#advances(position)) return false
     if (!this.#headWritten) this.#writeHead()
     if (this.#out.destroyed) {
       this.#end(kind === 'ping' ? 'ping-failed' : 'client', true)
@@ -228,66 +262,106 @@ export class EventSource implements HttpRequestEventSource {
     }
     if (!this.#fits(frame.length, kind)) return false
     if (kind === 'message' && this.#idle !== undefined) this.#idle.last = Date.now()
+    if (position !== undefined) this._position = position
     this.sentContentLength += frame.length
     if (!this.#res.write(frame)) this.#ctx.scheduler.watchDrain(this)
     return true
   }
 
-  /** @internal queues a frame for the next flush, within the memory bound */
-  _enqueue (frame: Buffer, kind: WriteKind): boolean {
-    if (!this.#active) return false
+  /**
+   * @internal queues a frame for the next flush, within the memory bound. `sliced`: a deferred fan-out share, whose
+   * source, if over the bound, is ended by the sliced flush rather than on the spot.
+   */
+  _enqueue (frame: Buffer, kind: WriteKind, sliced = false): boolean {
+    if (!this.#active || this._overBound) return false
+    // During a replay its end is not known yet: the queue is sorted out once it is.
+    const position = kind === 'message' && !this._replaying ? framePositions.get(frame) : undefined
+    if (position !== undefined && !this.#advances(position)) return false
     // A queued frame goes out later: send the head now so the client's open is not held back by a replay or a tick.
     if (!this.#headWritten) this.flush()
-    if (!this.#fits(frame.length + this._queuedBytes, kind)) return false
+    if (!this.#fits(frame.length + this._queuedBytes, kind, sliced)) return false
+    if (position !== undefined) this._position = position
     if (this._queue === null) {
       this._queue = [frame]
+      this.#loose = 1
       if (!this._replaying) this.#ctx.scheduler.defer(this)
     } else {
       this._queue.push(frame)
+      if (++this.#loose >= PACK && !this._replaying && this.#out.writableNeedDrain) this.#pack(this._queue)
     }
     this._queuedBytes += frame.length
     if (kind === 'message' && this.#idle !== undefined) this.#idle.last = Date.now()
     return true
   }
 
-  /** @internal writes everything queued in one write */
-  _flushQueue (): void {
+  /** @internal writes everything queued in one write; `force` even to a socket that waits for drain (the end) */
+  _flushQueue (force = false): void {
     const queue = this._queue
     if (queue === null || this._replaying) return
+    // A socket waiting for drain gets the queue in one write when it drains: each write a stalled socket holds
+    // costs Node's bookkeeping on top of its bytes, and at one write per message that doubles what it holds.
+    if (!force && this.#out.writableNeedDrain) return
     this._queue = null
-    let bytes = this._queuedBytes
+    const bytes = this._queuedBytes
     this._queuedBytes = 0
     if (!this.#active || this.#out.destroyed) return
-    let frames = queue
-    if (this._seam !== null) {
-      frames = queue.filter(f => this.#passesSeam(f))
-      if (frames.length === 0) return
-      if (frames.length !== queue.length) bytes = frames.reduce((sum, f) => sum + f.length, 0)
-    }
-    const chunk = frames.length === 1 ? frames[0] : Buffer.concat(frames, bytes)
+    const chunk = queue.length === 1 ? queue[0] : joinFrames(queue, bytes)
     this.sentContentLength += chunk.length
     if (this.#res.write(chunk)) this.#settleDrainWaiters(true)
     else this.#ctx.scheduler.watchDrain(this)
   }
 
-  /** @internal a replay read from history: write it, then what was queued meanwhile, minus live copies of replayed messages */
+  /**
+   * @internal a replay read from history: write it (after the head), then what was queued meanwhile, minus
+   * what the replay covered. The store was read whole up to its newest message, so a live copy of anything at or
+   * before that position was either replayed or is not for this source.
+   */
   _finishReplay (result: ReplayResult, resetEvent: string, requestedId: string): void {
     if (!this.#active) return
-    const seam = new Set<string>()
+    let position = parsePosition(result.position) ??
+      later(parsePosition(result.latestId), result.gap ? undefined : parsePosition(requestedId))
     const frames: Buffer[] = []
+    let bytes = 0
     if (result.gap) {
       frames.push(eventFrame({ event: resetEvent, id: result.latestId, data: JSON.stringify({ lastEventId: requestedId }) }))
+      bytes += frames[0].length
     }
     for (const message of result.messages) {
-      if (message.id !== undefined) seam.add(message.id)
-      frames.push(eventFrame(message))
+      position = later(position, parsePosition(message.position))
+      const frame = eventFrame(message)
+      frames.push(frame)
+      bytes += frame.length
     }
     this.replay = { replayed: result.messages.length, gap: result.gap }
     this._replaying = false
-    this._seam = seam.size > 0 ? seam : null
+    const queue = this._queue
+    if (queue !== null) {
+      // One pass, in publish order: each live frame either follows the position reached so far or is a copy.
+      const kept: Buffer[] = []
+      let queued = 0
+      for (const frame of queue) {
+        const at = framePositions.get(frame)
+        if (at !== undefined) {
+          if (position !== undefined && !follows(at, position)) continue
+          position = at
+        }
+        kept.push(frame)
+        queued += frame.length
+      }
+      this._queue = kept.length > 0 ? kept : null
+      this.#loose = kept.length
+      this._queuedBytes = queued
+    }
+    this._position = position
+    // The handler may still be awaiting something: the head goes first, or Node would send a default one.
+    if (!this.#headWritten) this.#writeHead()
+    if (this.#out.destroyed) {
+      this.#end('client', true)
+      return
+    }
     if (frames.length > 0) {
       // Replay is bounded by the history size, not by maxBufferedBytes: it goes out whole, ahead of the queue.
-      const chunk = Buffer.concat(frames)
+      const chunk = frames.length === 1 ? frames[0] : joinFrames(frames, bytes)
       this.sentContentLength += chunk.length
       if (!this.#res.write(chunk)) this.#ctx.scheduler.watchDrain(this)
     }
@@ -298,6 +372,7 @@ export class EventSource implements HttpRequestEventSource {
   _drained (): void {
     this.#ctx.scheduler.unwatchDrain(this)
     if (this._queue === null) this.#settleDrainWaiters(true)
+    else this._flushQueue()
   }
 
   /** @internal the response closed or failed under us */
@@ -337,24 +412,37 @@ export class EventSource implements HttpRequestEventSource {
     this.#res.destroy()
   }
 
-  #passesSeam (frame: Buffer): boolean {
-    const id = publishedIds.get(frame)
-    if (id === undefined) return true
-    const seam = this._seam as Set<string>
-    if (seam.has(id)) return false
-    // Live delivery is in one order: once a message the replay did not hold arrives, no replayed one follows.
-    if (!this._replaying) this._seam = null
-    return true
+  /**
+   * Joins the frames queued since the last pack into one buffer. A stalled client may hold its queue for long, and
+   * each frame held costs its buffer's objects on top of its bytes; the flush copies them into one write anyway.
+   */
+  #pack (queue: Buffer[]): void {
+    const loose = queue.splice(queue.length - this.#loose)
+    let bytes = 0
+    for (const frame of loose) bytes += frame.length
+    queue.push(joinFrames(loose, bytes))
+    this.#loose = 0
   }
 
-  #fits (bytes: number, kind: WriteKind): boolean {
+  /** Whether a published message comes after everything this source was given. */
+  #advances (position: Position): boolean {
+    return this._position === undefined || follows(position, this._position)
+  }
+
+  #fits (bytes: number, kind: WriteKind, sliced = false): boolean {
     const settings = this.#ctx.settings
     if (this.#out.writableLength + bytes <= settings.maxBufferedBytes) return true
     if (settings.slowClient === 'drop') {
       if (kind === 'message') this.droppedMessages++
+      else if (kind === 'ping') this.droppedPings++
       return false
     }
-    this.#end('slow-client', true)
+    if (sliced) {
+      this._overBound = true
+      this.#ctx.scheduler.defer(this)
+    } else {
+      this.#end('slow-client', true)
+    }
     return false
   }
 
@@ -421,7 +509,7 @@ export class EventSource implements HttpRequestEventSource {
       this._queuedBytes = 0
       this._replaying = false
     }
-    this._flushQueue()
+    this._flushQueue(true)
     this.#finish(reason)
     if (!res.writableEnded) res.end()
     // A peer that never reads the last bytes would hold the socket forever: drainTimeout cuts it, as for an open stream.
@@ -439,7 +527,6 @@ export class EventSource implements HttpRequestEventSource {
     this.#idle = undefined
     this._queue = null
     this._queuedBytes = 0
-    this._seam = null
     this.#abort?.abort(reason)
     this.#resolveEnded?.()
     this.#resolveEnded = undefined

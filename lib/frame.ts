@@ -65,14 +65,32 @@ export function eventText (fields: EventFields): string {
   return out + prefixLines('data: ', fields.data) + '\n'
 }
 
+/**
+ * Frames get memory of their own. `Buffer.from` and `Buffer.concat` cut small buffers out of shared 8 KiB slabs,
+ * and a frame held by one stalled socket would keep its whole slab (and every other frame in it) alive.
+ */
+function bytesOf (text: string): Buffer {
+  const out = Buffer.allocUnsafeSlow(Buffer.byteLength(text))
+  out.write(text)
+  return out
+}
+
+/** Frames laid end to end in one buffer of their own, for one socket write. */
+export function joinFrames (frames: Buffer[], bytes: number): Buffer {
+  const out = Buffer.allocUnsafeSlow(bytes)
+  let at = 0
+  for (const frame of frames) at += frame.copy(out, at)
+  return out
+}
+
 export function eventFrame (fields: EventFields): Buffer {
-  return Buffer.from(eventText(fields))
+  return bytesOf(eventText(fields))
 }
 
 export function commentFrame (text: string): Buffer {
-  return Buffer.from(prefixLines(': ', text) + '\n')
+  return bytesOf(prefixLines(': ', text) + '\n')
 }
 
 export function retryFrame (retry: number): Buffer {
-  return Buffer.from('retry: ' + retry + '\n\n')
+  return bytesOf('retry: ' + retry + '\n\n')
 }

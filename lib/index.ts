@@ -24,9 +24,14 @@ async function fastifyEventSources (fastify: FastifyInstance, options: PluginOpt
   fastify.decorateRequest(kSource as unknown as string, null)
   fastify.decorateRequest('getEventSource', function (this: FastifyRequest, identifier?: string) {
     const tagged = this as unknown as Tagged
+    // A context made before the plugin was registered inherits the method but not the per-request slots (they are
+    // undefined there, not null) nor the route wrapper: refuse rather than stream without them.
     const reply = tagged[kReply]
-    if (reply === null) throw new errors.FST_ERR_SSE_ADAPTER('getEventSource() needs the plugin\'s onRequest hook; was the request routed before registration?')
-    const source = collection.open(this, reply, identifier, tagged[kSource])
+    const current = tagged[kSource]
+    if (reply == null || current === undefined) {
+      throw new errors.FST_ERR_SSE_ADAPTER('getEventSource() needs the plugin\'s hooks; was the request routed before registration?')
+    }
+    const source = collection.open(this, reply, identifier, current)
     tagged[kSource] = source
     return source
   })
@@ -36,7 +41,9 @@ async function fastifyEventSources (fastify: FastifyInstance, options: PluginOpt
     done()
   })
 
-  // Fastify only logs a handler error once the reply is hijacked; end the stream too, or it stays open with no producer.
+  // Once the reply is hijacked Fastify only logs a handler's error, and a sync throw only as "reply already sent":
+  // end the stream and log the error itself. A route that never opened a stream sees its handler's own result,
+  // unchanged: a Reply (a thenable whose then() needs both callbacks) and any other non-promise pass through.
   fastify.addHook('onRoute', route => {
     const handler = route.handler as (...args: unknown[]) => unknown
     route.handler = function (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
@@ -47,15 +54,16 @@ async function fastifyEventSources (fastify: FastifyInstance, options: PluginOpt
         if (streamFailed(request, err)) return undefined
         throw err
       }
-      if (result !== null && typeof result === 'object' && typeof (result as Promise<unknown>).then === 'function') {
-        // keepAlive() never rejects: an idle stream need not carry a catch handler.
-        if (result === (request as unknown as Tagged)[kSource]?._ended) return result
-        return (result as Promise<unknown>).then(undefined, err => {
-          if (streamFailed(request, err)) return undefined
-          throw err
-        })
+      if (!(result instanceof Promise)) {
+        // A stream's reply is hijacked: a sync value returned after getEventSource() has nowhere to go.
+        return result !== undefined && result !== reply && (request as unknown as Tagged)[kSource] != null ? undefined : result
       }
-      return result
+      // keepAlive() never rejects: an idle stream need not carry a catch handler.
+      if (result === (request as unknown as Tagged)[kSource]?._ended) return result
+      return result.then(undefined, err => {
+        if (streamFailed(request, err)) return undefined
+        throw err
+      })
     } as RouteHandlerMethod
   })
 
@@ -69,7 +77,7 @@ async function fastifyEventSources (fastify: FastifyInstance, options: PluginOpt
 
 function streamFailed (request: FastifyRequest, err: unknown): boolean {
   const source = (request as unknown as Tagged)[kSource]
-  if (source === null) return false
+  if (source == null) return false
   request.log.error({ err, identifier: source.identifier }, 'event source handler failed; closing the stream')
   source._end('error')
   return true

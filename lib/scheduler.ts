@@ -50,7 +50,7 @@ export class WriteScheduler {
     let deferring = false
     for (const source of sources) {
       if (deferring) {
-        if (source._enqueue(frame, kind)) n++
+        if (source._enqueue(frame, kind, true)) n++
         this.#yieldFirst = true
         continue
       }
@@ -81,8 +81,16 @@ export class WriteScheduler {
     const deadline = start + this.slice
     const budget = this.#budget(this.#flushCost.us)
     let written = 0
+    let ended = 0
     for (const source of this.#pending) {
       this.#pending.delete(source)
+      if (source._overBound) {
+        // Ending a source that a deferred share pushed past the bound is slice work too, and most of a destroyed
+        // socket's cost comes later, in its close events: a few per turn, whatever the measured write cost.
+        source._end('slow-client', true)
+        if (++ended >= CHECK_EVERY) break
+        continue
+      }
       source._flushQueue()
       if (++written % CHECK_EVERY === 0 && (written >= budget || performance.now() >= deadline)) break
     }

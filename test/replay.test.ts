@@ -239,15 +239,26 @@ test('an explicit id passed to publish is kept and can be resumed from', async t
   t.same(stream.events.map(e => [e.id, e.data]), [['order-2', 'b']])
 })
 
-test('with history: false, publish is live and no replay happens', async t => {
+test('with history: false, publish is live and a reconnecting client is told of the gap', async t => {
   const { app, url } = await start(t, streamRoute, { history: false })
   const stream = await readEvents(`${url}/sse?id=u`, { 'last-event-id': 'whatever' })
   t.teardown(stream.close)
-  await until(() => app.eventSources.activeConnections === 1)
+  await until(() => app.eventSources.getByIdentifier('u')?.replay !== undefined)
   await app.eventSources.publish('live')
-  await until(() => stream.events.length === 1)
-  t.equal(stream.events[0].id, undefined, 'no id is invented without history')
-  t.equal(app.eventSources.getByIdentifier('u')?.replay, undefined)
+  await until(() => stream.events.length === 2)
+  t.equal(stream.events[0].event, 'reset', 'the reset event comes first')
+  t.same(JSON.parse(stream.events[0].data), { lastEventId: 'whatever' })
+  t.equal(stream.events[1].data, 'live')
+  t.equal(stream.events[1].id, undefined, 'no id is invented without history')
+  t.same(app.eventSources.getByIdentifier('u')?.replay, { replayed: 0, gap: true })
+
+  const fresh = await readEvents(`${url}/sse?id=v`)
+  t.teardown(fresh.close)
+  await until(() => app.eventSources.activeConnections === 2)
+  await app.eventSources.publish('again')
+  await until(() => fresh.events.length === 1)
+  t.equal(fresh.events[0].data, 'again', 'a client with no Last-Event-ID gets no reset')
+  t.equal(app.eventSources.getByIdentifier('v')?.replay, undefined)
 })
 
 test('lastEventIdQuery lets a fresh page resume from a query parameter', async t => {

@@ -13,6 +13,7 @@ declare module 'fastify' {
      * source is registered in `fastify.eventSources` and closes any older source with the same identifier.
      * @throws FST_ERR_SSE_ALREADY_STREAMING on a second call for the same request
      * @throws FST_ERR_SSE_TOO_MANY_CONNECTIONS (503, with Retry-After set) beyond a connection limit
+     * @throws FST_ERR_SSE_ADAPTER on a route of a context made before the plugin was registered
      */
     getEventSource (identifier?: string): fastifyEventSources.HttpRequestEventSource
   }
@@ -28,23 +29,23 @@ declare namespace fastifyEventSources {
 
   export interface SendOptions {
     /** Event name (`addEventListener(event, ...)` on the client). No CR, LF or NUL. */
-    event?: string
+    event?: string | undefined
     /** Event id; the client sends it back as Last-Event-ID. `''` resets it. No CR, LF or NUL. */
-    id?: string
+    id?: string | undefined
     /** Reconnection delay in ms for the client; a non-negative integer. */
-    retry?: number
+    retry?: number | undefined
   }
 
   /** Who a published message is for: one identifier, every identifier with a prefix, or (absent) every identified source. */
   export type PublishTarget = string | { prefix: string }
 
   export interface PublishOptions extends SendOptions {
-    to?: PublishTarget
+    to?: PublishTarget | undefined
   }
 
   export interface BroadcastOptions extends SendOptions {
     /** Only sources whose identifier passes receive the message. */
-    filter?: (identifier: string) => boolean
+    filter?: ((identifier: string) => boolean) | undefined
   }
 
   export interface ReplayInfo {
@@ -81,6 +82,8 @@ declare namespace fastifyEventSources {
     readonly bufferedAmount: number
     /** Messages discarded under `slowClient: 'drop'`. */
     readonly droppedMessages: number
+    /** Pings discarded under `slowClient: 'drop'` because they would have passed `maxBufferedBytes`. */
+    readonly droppedPings: number
     /** Set once a Last-Event-ID replay is done. */
     readonly replay: ReplayInfo | undefined
     /** Set once the source is no longer active. */
@@ -102,7 +105,10 @@ declare namespace fastifyEventSources {
      * @throws FST_ERR_SSE_INVALID_FIELD for a bad event, id or retry; FST_ERR_SSE_SERIALIZATION if serializing fails
      */
     send (data?: unknown, options?: SendOptions): boolean
-    /** As send, resolving true once the socket took the message and needs no drain; false if the source ends first. */
+    /**
+     * As send, resolving true once the socket took the message and needs no drain (past half of maxBufferedBytes,
+     * once what is buffered has reached the kernel); false if the source ends first.
+     */
     sendAsync (data?: unknown, options?: SendOptions): Promise<boolean>
     /** Writes a comment (`: text`), invisible to the client's handlers. */
     comment (text: string): boolean
@@ -151,15 +157,31 @@ declare namespace fastifyEventSources {
     id?: string
     retry?: number
     to?: PublishTarget
+    /**
+     * The store's order key, `<int>-<int>` compared as numbers (memory history: `<epoch ms>-<seq>`; Redis: the
+     * stream id). Equal to `id` unless an explicit id was given to publish. A source is never written a message
+     * at or before the last position it was given.
+     */
+    position?: string
   }
 
   export interface ReplayResult {
     messages: PublishedMessage[]
     gap: boolean
     latestId?: string
+    /**
+     * The position of the newest message the store held when it was read, whoever it was for: a live copy of
+     * any message at or before it was either in `messages` or not for this source. Defaults to `latestId` when
+     * that is a position.
+     */
+    position?: string
   }
 
   export interface HistoryStore {
+    /**
+     * Stores the message and returns its SSE id. A store that orders its messages sets `message.position` on
+     * the message it is given, so live delivery can tell a copy of a replayed message.
+     */
     append (message: PublishedMessage): string | Promise<string>
     readAfter (lastEventId: string, identifier: string): ReplayResult | Promise<ReplayResult>
   }
@@ -182,45 +204,45 @@ declare namespace fastifyEventSources {
 
   export interface FastifyEventSourcesOptions {
     /** Turns non-string data into text. Default JSON.stringify. */
-    serializer?: (value: unknown) => string
+    serializer?: ((value: unknown) => string) | undefined
     /** Sent as `retry:` when a stream opens (ms). */
-    retry?: number
+    retry?: number | undefined
     /** A ping policy started on every source; off by default. */
-    ping?: { interval?: number, dataMessage?: string } | false
+    ping?: { interval?: number | undefined, dataMessage?: string | undefined } | false | undefined
     /** Extra headers for every stream. */
-    headers?: Record<string, string>
+    headers?: Record<string, string> | undefined
     /** Bound on what one source may hold unsent (socket buffer + queue). Default 1 MiB. */
-    maxBufferedBytes?: number
+    maxBufferedBytes?: number | undefined
     /** Past maxBufferedBytes: 'close' ends the source (default), 'drop' discards the new message. */
-    slowClient?: 'close' | 'drop'
+    slowClient?: 'close' | 'drop' | undefined
     /** A source waiting for drain longer than this (ms) is ended. Default 30000. */
-    drainTimeout?: number
+    drainTimeout?: number | undefined
     /** Open streams per instance, identified or not. Default unlimited. */
-    maxConnections?: number
+    maxConnections?: number | undefined
     /** Open streams per connectionKey. Default unlimited. */
-    maxConnectionsPerKey?: number
+    maxConnectionsPerKey?: number | undefined
     /** The key counted by maxConnectionsPerKey. Default the client IP. */
-    connectionKey?: (request: FastifyRequest) => string
+    connectionKey?: ((request: FastifyRequest) => string) | undefined
     /** Last-Event-ID history for publish: `{ size }` (default 1000) or false. Ignored with an adapter that brings its own. */
-    history?: { size?: number } | false
+    history?: { size?: number | undefined } | false | undefined
     /** Event name sent first when a Last-Event-ID is not in history. Default 'reset'. */
-    resetEvent?: string
+    resetEvent?: string | undefined
     /** How publish reaches other instances. Default: this process only. */
-    adapter?: EventSourceAdapter
+    adapter?: EventSourceAdapter | undefined
     /** Coalesce writes: every source's messages of one tick go out in one socket write. Default false. */
-    batch?: boolean
+    batch?: boolean | undefined
     /**
      * HTTP/1.1 body framing. false (default): the body runs to the end of the connection (`Connection: close`, no
      * `Transfer-Encoding`), one write per event with no chunk header. true: `Transfer-Encoding: chunked`, for an
      * intermediary that insists on it. HTTP/1.0 requests and HTTP/2 are not affected.
      */
-    chunked?: boolean
+    chunked?: boolean | undefined
     /** Longest a fan-out (broadcast, publish, ping round) blocks the event loop before yielding, in ms. Default 50. */
-    fanOutSlice?: number
+    fanOutSlice?: number | undefined
     /** On fastify.close(), how long (ms) ended streams may take to flush before their sockets are cut. Default 1000. */
-    closeGrace?: number
+    closeGrace?: number | undefined
     /** Also read the last event id from this query parameter when the header is absent. Off by default. */
-    lastEventIdQuery?: string | false
+    lastEventIdQuery?: string | false | undefined
   }
 
   /** The in-memory ring the default adapter keeps history in. */

@@ -8,7 +8,9 @@ import eventSources, {
   type EventSourceCollection,
   type FastifyEventSourcesOptions,
   type HttpRequestEventSource,
-  type PingPolicy
+  type PingPolicy,
+  type PublishedMessage,
+  type ReplayResult
 } from './index'
 import required = require('./index')
 
@@ -75,6 +77,16 @@ test('a source\'s properties', () => {
   expect(() => { sse.isActive = false }).type.toRaiseError()
   expect(() => { sse.identifier = 'other' }).type.toRaiseError()
   expect(() => { sse.sentContentLength = 0 }).type.toRaiseError()
+  expect(sse.droppedMessages).type.toBe<number>()
+  expect(sse.droppedPings).type.toBe<number>()
+  expect(() => { sse.droppedPings = 0 }).type.toRaiseError()
+})
+
+test('positions on published messages and replay results', () => {
+  expect<PublishedMessage>().type.toBeAssignableFrom({ data: 'x', id: 'order-1', position: '1795263336709-3' })
+  expect<PublishedMessage>().type.not.toBeAssignableFrom({ data: 'x', position: 3 })
+  expect<ReplayResult>().type.toBeAssignableFrom({ messages: [], gap: false, position: '1-2' })
+  expect<ReplayResult>().type.not.toBeAssignableFrom({ messages: [], gap: false, position: [1, 2] })
 })
 
 test('a source\'s methods', () => {
@@ -157,4 +169,17 @@ test('errors and extras', () => {
   expect(new errors.FST_ERR_SSE_INVALID_OPTION('retry', 'bad').code).type.toBe<'FST_ERR_SSE_INVALID_OPTION'>()
   expect(new MemoryHistory(10).size).type.toBe<number>()
   expect<CloseReason>().type.toBe<'close' | 'client' | 'error' | 'timeout' | 'slow-client' | 'drain-timeout' | 'replaced' | 'shutdown' | 'ping-failed'>()
+})
+
+test('exactOptionalPropertyTypes: an optional option or field may be given as undefined, as the runtime accepts', () => {
+  const maybe = undefined as string | undefined
+  const sse = {} as HttpRequestEventSource
+  expect(sse.send('x', { event: maybe, id: maybe, retry: undefined })).type.toBe<boolean>()
+  expect(sse.sendAsync('x', { event: maybe })).type.toBe<Promise<boolean>>()
+  expect(app.eventSources.broadcast('x', { event: maybe, filter: undefined })).type.toBe<number>()
+  expect(app.eventSources.publish('x', { to: maybe, id: maybe })).type.toBe<Promise<void>>()
+  expect(app.register(eventSources, { maxConnections: undefined, ping: { interval: undefined }, history: { size: undefined } })).type.not.toRaiseError()
+  expect(app.register(eventSources, { serializer: undefined, connectionKey: undefined, lastEventIdQuery: undefined })).type.not.toRaiseError()
+  expect(sse.send('x', { event: null })).type.toRaiseError()
+  expect(app.register(eventSources, { maxConnections: null })).type.toRaiseError()
 })

@@ -7,21 +7,21 @@ declare namespace redisAdapter {
      * An ioredis client to send commands on. The adapter subscribes on `client.duplicate()` (which it closes)
      * and never closes `client` itself.
      */
-    client?: Redis
+    client?: Redis | undefined
     /** Where to connect when no `client` is given. Default `redis://127.0.0.1:6379`. */
-    url?: string
+    url?: string | undefined
     /** Prefix of the stream key (`<prefix>stream`) and the channels; instances sharing it reach each other. Default `fastify-event-sources:`. */
-    channelPrefix?: string
+    channelPrefix?: string | undefined
     /**
      * Shared Last-Event-ID history in a Redis Stream, replacing the plugin's in-memory one: `{ maxLen }`
      * (default 1000, trimmed approximately with `MAXLEN ~`) or `false` for live delivery only.
      * With history, a published message's id is its stream id (an `id` passed to publish is replaced).
      */
-    history?: { maxLen?: number } | false
+    history?: { maxLen?: number | undefined } | false | undefined
     /** Milliseconds a publish (or a replay read) may wait for Redis before it fails. Default 2000. */
-    publishTimeout?: number
+    publishTimeout?: number | undefined
     /** Milliseconds plugin registration may wait for the first connection. Default 10000. */
-    connectTimeout?: number
+    connectTimeout?: number | undefined
   }
 
   export interface RedisAdapter extends EventSourceAdapter {

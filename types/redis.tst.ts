@@ -27,3 +27,8 @@ test('options', () => {
   expect<RedisAdapterOptions>().type.not.toBeAssignableFrom({ history: true })
   expect<RedisAdapterOptions>().type.not.toBeAssignableFrom({ publishTimeout: '1s' })
 })
+
+test('exactOptionalPropertyTypes: an option may be given as undefined', () => {
+  expect(redisAdapter({ url: process.env.REDIS_URL, client: undefined, history: { maxLen: undefined } })).type.not.toRaiseError()
+  expect(redisAdapter({ url: null })).type.toRaiseError()
+})

@@ -18,6 +18,7 @@ export class LocalAdapter implements EventSourceAdapter {
 
   async publish (message: PublishedMessage): Promise<void> {
     if (this.#history !== undefined) {
+      // The store sets message.position, which live delivery compares with each source's own.
       const id = await this.#history.append(message)
       if (message.id !== id) message = { ...message, id }
     }
@@ -25,7 +26,8 @@ export class LocalAdapter implements EventSourceAdapter {
   }
 
   async replay (lastEventId: string, identifier: string): Promise<ReplayResult> {
-    if (this.#history === undefined) return { messages: [], gap: false }
+    // Nothing is kept: whatever the client missed is lost, and it is told so.
+    if (this.#history === undefined) return { messages: [], gap: true }
     return this.#history.readAfter(lastEventId, identifier)
   }
 

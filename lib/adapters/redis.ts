@@ -1,7 +1,8 @@
 import { createHash, randomUUID } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
 import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_INVALID_OPTION, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
-import { APPEND_AND_PUBLISH, RedisStreamsHistory, decode, encode, isAfter } from '../history/redis-streams'
+import { APPEND_AND_PUBLISH, RedisStreamsHistory, decode, encode } from '../history/redis-streams'
+import { isAfter } from '../position'
 import type { AdapterHost, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
 import type { RedisAdapterOptions } from '../../types/redis'
 

@@ -2,9 +2,10 @@ import { matchesTarget } from '../target'
 import type { HistoryStore, PublishedMessage, ReplayResult } from './history'
 
 /**
- * A ring of the last `size` published messages. Generated ids are `<epoch>-<seq>`, where the epoch is the
- * store's creation time in ms: ids keep growing across a restart, and an id from an earlier epoch is reported
- * as a gap instead of being matched against the wrong messages.
+ * A ring of the last `size` published messages. Every message gets a position `<epoch>-<seq>`, where the epoch is
+ * the store's creation time in ms: positions keep growing across a restart, and an id from an earlier epoch is
+ * reported as a gap instead of being matched against the wrong messages. The position is also the id, unless
+ * publish was given one.
  */
 export class MemoryHistory implements HistoryStore {
   readonly size: number
@@ -21,15 +22,17 @@ export class MemoryHistory implements HistoryStore {
   }
 
   append (message: PublishedMessage): string {
-    const id = message.id ?? this.epoch + '-' + (++this.#seq)
-    this.#ring[this.#next] = message.id === undefined ? { ...message, id } : message
+    const position = this.epoch + '-' + (++this.#seq)
+    const id = message.id ?? position
+    this.#ring[this.#next] = { ...message, id, position }
     this.#next = (this.#next + 1) % this.size
     if (this.#count < this.size) this.#count++
+    message.position = position
     return id
   }
 
   readAfter (lastEventId: string, identifier: string): ReplayResult {
-    const latestId = this.#count > 0 ? this.#at(this.#count - 1).id : undefined
+    const newest = this.#count > 0 ? this.#at(this.#count - 1) : undefined
     // Search from the newest end: a reconnecting client is usually only a few messages behind.
     let start = -1
     for (let i = this.#count - 1; i >= 0; i--) {
@@ -43,7 +46,9 @@ export class MemoryHistory implements HistoryStore {
       const m = this.#at(j)
       if (matchesTarget(m.to, identifier)) messages.push(m)
     }
-    return { messages, gap: start === -1, latestId }
+    const result: ReplayResult = { messages, gap: start === -1, latestId: newest?.id }
+    if (newest?.position !== undefined) result.position = newest.position
+    return result
   }
 
   /** The i-th oldest message held. */

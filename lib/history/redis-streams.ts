@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis'
 import { matchesTarget } from '../target'
+export { isAfter } from '../position'
 import type { PublishedMessage, ReplayResult } from './history'
 
 const STREAM_ID = /^\d+-\d+$/
@@ -27,8 +28,10 @@ export function decode (body: string, id: string | undefined): PublishedMessage 
   if (typeof parsed !== 'object' || parsed === null || typeof parsed.data !== 'string') throw new TypeError('not a published message')
   const message: PublishedMessage = { data: parsed.data }
   if (parsed.event !== undefined) message.event = parsed.event
-  if (id !== undefined) message.id = id
-  else if (parsed.id !== undefined) message.id = parsed.id
+  if (id !== undefined) {
+    message.id = id
+    message.position = id
+  } else if (parsed.id !== undefined) message.id = parsed.id
   if (parsed.retry !== undefined) message.retry = parsed.retry
   if (parsed.to !== undefined) message.to = parsed.to
   return message
@@ -91,13 +94,6 @@ export class RedisStreamsHistory {
     }
     return latestId === undefined ? { messages, gap } : { messages, gap, latestId }
   }
-}
-
-/** Stream ids are `<ms>-<seq>`: compares them as numbers, not as text. */
-export function isAfter (id: string, than: string): boolean {
-  const [ms, seq] = id.split('-').map(Number)
-  const [thanMs, thanSeq] = than.split('-').map(Number)
-  return ms > thanMs || (ms === thanMs && seq > thanSeq)
 }
 
 function field (fields: string[], name: string): string | undefined {
