@@ -5,6 +5,7 @@
 //
 //   node bench/speed.js                      N = 2,000 and 10,000, three passes
 //   options: --n=2000  --runs=5  --only=plain,plugin  --before=<dist dir of another build>  --label=name
+//            --builds=a,b (builds kept in bench/results/<name>/dist)
 //            --quick (fewer rounds, shorter sustained runs: for direction only)
 //
 // Writes bench/results/speed[-label].json and prints the tables as Markdown.
@@ -41,6 +42,10 @@ const CONTENDERS = [
 const before = value('before')
 if (before !== undefined) {
   CONTENDERS.splice(3, 0, { id: 'before', file: 'plugin.js', env: { VARIANT: 'broadcast', PLUGIN_DIST: path.resolve(before, 'index.js') }, label: 'before the change, broadcast()' })
+}
+// --builds=a,b: builds of the plugin kept in bench/results/<name>/dist, each a contender (one change at a time)
+for (const name of value('builds')?.split(',') ?? []) {
+  CONTENDERS.push({ id: name, file: 'plugin.js', env: { VARIANT: 'broadcast', PLUGIN_DIST: path.join(__dirname, 'results', name, 'dist', 'index.js') }, label: `build ${name}, broadcast()` })
 }
 const only = value('only')?.split(',')
 const contenders = only ? CONTENDERS.filter(c => only.includes(c.id)) : CONTENDERS
