@@ -5,7 +5,7 @@
 //
 //   node bench/speed.js                      N = 2,000 and 10,000, three passes
 //   options: --n=2000  --runs=5  --only=plain,plugin  --before=<dist dir of another build>  --label=name
-//            --builds=a,b (builds kept in bench/results/<name>/dist)
+//            --builds=a,b (builds copied to dist/builds/<name>)
 //            --quick (fewer rounds, shorter sustained runs: for direction only)
 //
 // Writes bench/results/speed[-label].json and prints the tables as Markdown.
@@ -43,9 +43,12 @@ const before = value('before')
 if (before !== undefined) {
   CONTENDERS.splice(3, 0, { id: 'before', file: 'plugin.js', env: { VARIANT: 'broadcast', PLUGIN_DIST: path.resolve(before, 'index.js') }, label: 'before the change, broadcast()' })
 }
-// --builds=a,b: builds of the plugin kept in bench/results/<name>/dist, each a contender (one change at a time)
-for (const name of value('builds')?.split(',') ?? []) {
-  CONTENDERS.push({ id: name, file: 'plugin.js', env: { VARIANT: 'broadcast', PLUGIN_DIST: path.join(__dirname, 'results', name, 'dist', 'index.js') }, label: `build ${name}, broadcast()` })
+// --builds=a,b: builds of the plugin copied to dist/builds/<name>, each a contender (one change at a time)
+// (name+chunked: that build with chunked: true)
+for (const id of value('builds')?.split(',') ?? []) {
+  const [name, chunked] = id.split('+')
+  const env = { VARIANT: 'broadcast', PLUGIN_DIST: path.join(__dirname, '..', 'dist', 'builds', name, 'index.js'), ...(chunked ? { CHUNKED: '1' } : {}) }
+  CONTENDERS.push({ id, file: 'plugin.js', env, label: `build ${id}, broadcast()` })
 }
 const only = value('only')?.split(',')
 const contenders = only ? CONTENDERS.filter(c => only.includes(c.id)) : CONTENDERS
