@@ -239,11 +239,13 @@ function writeReport (results) {
     out.push('')
   }
 
-  // Written by bench/stalled-memory.js, a run of its own.
-  const stalled = path.join(__dirname, 'results', 'stalled-memory.md')
-  if (fs.existsSync(stalled)) {
-    out.push(fs.readFileSync(stalled, 'utf8').trim())
-    out.push('')
+  // Written by bench/stalled-memory.js and bench/stream.js, runs of their own.
+  for (const name of ['stalled-memory.md', 'stream.md']) {
+    const file = path.join(__dirname, 'results', name)
+    if (fs.existsSync(file)) {
+      out.push(fs.readFileSync(file, 'utf8').trim())
+      out.push('')
+    }
   }
 
   // Written by bench/speed.js --write, a run of its own.

@@ -22,6 +22,7 @@ export interface BroadcastOptions extends SendOptions {
 
 export interface PublishOptions extends SendOptions {
   to?: Target
+  key?: string
 }
 
 /**
@@ -96,6 +97,10 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   async publish (data?: unknown, options?: PublishOptions): Promise<void> {
     const to = options?.to
     if (!isTarget(to)) throw new FST_ERR_SSE_INVALID_FIELD('to', 'must be an identifier string or { prefix: string }')
+    const key = options?.key
+    if (key !== undefined && (typeof key !== 'string' || key === '' || key.length > 1024 || /[\r\n\0]/.test(key))) {
+      throw new FST_ERR_SSE_INVALID_FIELD('key', 'must be a non-empty string of at most 1024 characters without CR, LF or NUL')
+    }
     const event = options?.event
     const id = options?.id
     const retry = options?.retry
@@ -105,7 +110,8 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     if (id !== undefined) message.id = id
     if (retry !== undefined) message.retry = retry
     if (to !== undefined) message.to = typeof to === 'string' ? to : { prefix: to.prefix }
-    await this.#settings.adapter.publish(message)
+    if (key === undefined) await this.#settings.adapter.publish(message)
+    else await this.#settings.adapter.publish(message, { key })
   }
 
   /** @internal the plugin's side of the adapter seam */
@@ -116,6 +122,9 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
         const source = this.#byId.get(identifier)
         if (source !== undefined && source.openedAt < openedAt) source._end('replaced')
       },
+      gap: (latestId, lastId) => this.#gap(latestId, lastId),
+      identified: () => Array.from(this.#byId, ([identifier, source]) => [identifier, source.openedAt]),
+      openedAt: identifier => this.#byId.get(identifier)?.openedAt,
       log: this.#log
     }
   }
@@ -235,6 +244,12 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const position = parsePosition(message.position)
     if (position !== undefined) framePositions.set(frame, position)
     this.#ctx.scheduler.fanOut(targets, frame, 'message')
+  }
+
+  /** Live delivery here missed messages no history holds: the reset event, as on a replay gap, to every identified source. */
+  #gap (latestId: string | undefined, lastId: string | undefined): void {
+    const frame = eventFrame({ event: this.#settings.resetEvent, id: latestId, data: JSON.stringify({ lastEventId: lastId ?? null }) })
+    this.#ctx.scheduler.fanOut(this.#byId.values(), frame, 'message')
   }
 
   #lastEventId (request: FastifyRequest): string | undefined {

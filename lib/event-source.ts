@@ -8,8 +8,9 @@ import type { ReplayResult } from './history/history'
 import { checkHeader, STREAM_HEADERS, type Settings } from './options'
 import { PingPolicy, type PingScheduler } from './ping'
 import { follows, later, parsePosition, type Position } from './position'
+import { pipe } from './producer'
 import type { WriteScheduler } from './scheduler'
-import type { CloseReason, HttpRequestEventSource, ReplayInfo, SendOptions } from '../types/index'
+import type { CloseReason, HttpRequestEventSource, ReplayInfo, SendOptions, StreamOptions, StreamSource } from '../types/index'
 
 export type WriteKind = 'message' | 'ping' | 'comment'
 
@@ -167,30 +168,12 @@ export class EventSource implements HttpRequestEventSource {
       return Promise.reject(err)
     }
     if (!sent) return Promise.resolve(false)
-    if (this._queue !== null || this.#out.writableNeedDrain) {
-      return new Promise<boolean>(resolve => { (this.#drainWaiters ??= []).push(resolve) }).then(ok => ok && this.#belowHalfBound())
-    }
-    return this.#belowHalfBound()
+    const room = this._room()
+    return typeof room === 'boolean' ? Promise.resolve(room) : room
   }
 
-  /**
-   * With a bound under the socket's high-water mark no write asks for a drain before the bound is passed, so a
-   * `drain` may never come: past half the bound, wait until what is buffered has really reached the kernel (an
-   * empty write's callback runs after every earlier chunk was written out).
-   */
-  #belowHalfBound (): Promise<boolean> {
-    if (!this.#active) return Promise.resolve(false)
-    if (this.bufferedAmount * 2 <= this.#ctx.settings.maxBufferedBytes) return Promise.resolve(true)
-    const signal = this.signal
-    return new Promise(resolve => {
-      const done = (err?: Error | null): void => {
-        signal.removeEventListener('abort', onEnd)
-        resolve(err == null && this.#active)
-      }
-      const onEnd = (): void => { done() }
-      signal.addEventListener('abort', onEnd, { once: true })
-      this.#out.write(EMPTY, done)
-    })
+  stream<T> (source: StreamSource<T>, options?: StreamOptions<T>): Promise<number> {
+    return pipe(this, source, options)
   }
 
   comment (text: string): boolean {
@@ -366,6 +349,38 @@ export class EventSource implements HttpRequestEventSource {
       if (!this.#res.write(chunk)) this.#ctx.scheduler.watchDrain(this)
     }
     if (this._queue !== null) this.#ctx.scheduler.defer(this)
+  }
+
+  /** @internal true when the socket has room for another message now, false once the source ended, else a promise of either */
+  _room (): boolean | Promise<boolean> {
+    if (!this.#active) return false
+    if (this._queue !== null || this.#out.writableNeedDrain) {
+      return new Promise<boolean>(resolve => { (this.#drainWaiters ??= []).push(resolve) }).then(ok => ok && this.#belowHalfBound())
+    }
+    return this.#belowHalfBound()
+  }
+
+  /**
+   * With a bound under the socket's high-water mark no write asks for a drain before the bound is passed, so a
+   * `drain` may never come: past half the bound, wait until what is buffered has really reached the kernel (an
+   * empty write's callback runs after every earlier chunk was written out).
+   */
+  #belowHalfBound (): boolean | Promise<boolean> {
+    if (!this.#active) return false
+    if (this.bufferedAmount * 2 <= this.#ctx.settings.maxBufferedBytes) return true
+    const signal = this.signal
+    // No drain is awaited, so nothing else would start the drainTimeout clock for a client that stopped reading.
+    this.#ctx.scheduler.watchDrain(this)
+    return new Promise(resolve => {
+      const done = (err?: Error | null): void => {
+        signal.removeEventListener('abort', onEnd)
+        if (!this.#out.writableNeedDrain) this.#ctx.scheduler.unwatchDrain(this)
+        resolve(err == null && this.#active)
+      }
+      const onEnd = (): void => { done() }
+      signal.addEventListener('abort', onEnd, { once: true })
+      this.#out.write(EMPTY, done)
+    })
   }
 
   /** @internal the response's drain event */

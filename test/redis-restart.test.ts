@@ -1,13 +1,10 @@
 import tap, { test } from 'tap'
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { createServer } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import redisAdapter from '../lib/adapters/redis'
 import { start, until } from './helpers/server'
 import { Client } from './helpers/redis'
-
-const hasServer = spawnSync('redis-server', ['--version']).status === 0
+import { freePort, hasRedisServer, startRedis, stopRedis } from './helpers/redis-server'
 
 function routes (app: FastifyInstance): void {
   app.get('/events/:id', async request => {
@@ -17,53 +14,7 @@ function routes (app: FastifyInstance): void {
   })
 }
 
-async function isFree (port: number): Promise<boolean> {
-  return new Promise(resolve => {
-    const server = createServer()
-    server.once('error', () => resolve(false))
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)))
-  })
-}
-
-/** A port below the ephemeral range, so nothing else takes it between a stop and a restart. */
-async function freePort (): Promise<number> {
-  for (let i = 0; i < 50; i++) {
-    const port = 20000 + Math.floor(Math.random() * 12000)
-    if (await isFree(port)) return port
-  }
-  throw new Error('no free port found')
-}
-
-async function startRedis (port: number): Promise<ChildProcess> {
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
-  const probe = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
-  probe.on('error', () => {})
-  try {
-    const deadline = Date.now() + 5000
-    while (Date.now() < deadline) {
-      if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}`)
-      try {
-        await probe.connect()
-        if (await probe.ping() === 'PONG') return child
-      } catch {
-        probe.disconnect()
-        await new Promise(resolve => setTimeout(resolve, 50))
-      }
-    }
-    throw new Error('redis-server did not answer')
-  } finally {
-    probe.disconnect()
-  }
-}
-
-async function stopRedis (child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return
-  const exited = new Promise(resolve => child.once('exit', resolve))
-  child.kill('SIGKILL')
-  await exited
-}
-
-if (!hasServer) {
+if (!hasRedisServer) {
   tap.plan(0, 'redis-server is not installed: the Redis restart test needs its own server')
 } else {
   test('Redis stopped and restarted mid-stream: no crash, publish fails while it is down, delivery resumes, streams stay open', async t => {

@@ -1,4 +1,5 @@
 import type { EventEmitter } from 'node:events'
+import type { Readable } from 'node:stream'
 import type { FastifyBaseLogger, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import type { FastifyError, FastifyErrorConstructor } from '@fastify/error'
 
@@ -36,11 +37,44 @@ declare namespace fastifyEventSources {
     retry?: number | undefined
   }
 
+  /** What `stream()` pulls from: an async iterable, an iterable (not a string), a Node Readable or a Web ReadableStream. */
+  export type StreamSource<T> = (AsyncIterable<T> | Iterable<T> | Readable | ReadableStream<T>) & NotAString
+
+  /** A string is iterable, one character at a time: `stream()` refuses it (send it instead). */
+  export interface NotAString {
+    readonly charAt?: never
+  }
+
+  /** An item of a stream as `map` receives it: the decoded text of a byte chunk, or the item itself. */
+  export type StreamItem<T> = T extends Uint8Array ? string : T
+
+  /** One message made by `map` from an item. */
+  export interface StreamMessage extends SendOptions {
+    /** A string as it is; any other value through the serializer. */
+    data?: unknown
+  }
+
+  export interface StreamOptions<T = unknown> {
+    /** Names every event (and each message whose `map` result has no `event`). No CR, LF or NUL. */
+    event?: string
+    /**
+     * Turns an item into a message, or skips it by returning `undefined`. A byte stream's items arrive as the
+     * decoded text of each chunk (a Node Readable's items are typed `unknown`: Buffers arrive as text).
+     */
+    map? (item: StreamItem<T>): StreamMessage | undefined
+  }
+
   /** Who a published message is for: one identifier, every identifier with a prefix, or (absent) every identified source. */
   export type PublishTarget = string | { prefix: string }
 
   export interface PublishOptions extends SendOptions {
     to?: PublishTarget | undefined
+    /**
+     * An idempotency key: a publish retried with the same key while history still holds the first one's message
+     * is stored and delivered once (on every instance). Non-empty, no CR, LF or NUL, at most 1024 characters.
+     * Without history the key is not checked.
+     */
+    key?: string | undefined
   }
 
   export interface BroadcastOptions extends SendOptions {
@@ -110,6 +144,17 @@ declare namespace fastifyEventSources {
      * once what is buffered has reached the kernel); false if the source ends first.
      */
     sendAsync (data?: unknown, options?: SendOptions): Promise<boolean>
+    /**
+     * Pipes a producer into this stream, one message per item, pulling the next item only when the socket has
+     * room (the producer runs at the client's pace). Strings are the data; bytes are decoded as UTF-8 text with a
+     * streaming decoder; other values go through the serializer. Never closes the stream. Resolves with the
+     * number of messages sent once the producer is done, or at once when the stream ends first (the producer is
+     * stopped: `return()` on its iterator, `destroy()` on a Readable, `cancel()` on a ReadableStream's reader).
+     * Rejects with the producer's own error (the stream stays open), or without writing a bad item:
+     * FST_ERR_SSE_INVALID_FIELD (a bad event/id/retry, a bad source such as a string, bad options) or
+     * FST_ERR_SSE_SERIALIZATION. Give the producer `signal` so it can stop its own work too.
+     */
+    stream<T> (source: StreamSource<T>, options?: StreamOptions<T>): Promise<number>
     /** Writes a comment (`: text`), invisible to the client's handlers. */
     comment (text: string): boolean
     /** Writes the response head now, so the client's `open` fires. */
@@ -189,14 +234,29 @@ declare namespace fastifyEventSources {
   export interface AdapterHost {
     deliver (message: PublishedMessage): void
     closeOlder (identifier: string, openedAt: number): void
+    /**
+     * Live delivery on this instance missed messages the history no longer holds: every identified source here
+     * gets the reset event (`id:` latestId, data `{"lastEventId": lastId}`, lastId being where the loss began).
+     */
+    gap (latestId: string | undefined, lastId: string | undefined): void
+    /** This instance's identified sources, as [identifier, openedAt]: what it announces again after a reconnect. */
+    identified (): [identifier: string, openedAt: number][]
+    /** When this instance's source with that identifier was opened, if it has one. */
+    openedAt (identifier: string): number | undefined
     log: FastifyBaseLogger
+  }
+
+  /** What publish passes on to the adapter besides the message. */
+  export interface AdapterPublishOptions {
+    /** The idempotency key given to publish. */
+    key?: string | undefined
   }
 
   /** The seam between publish and what carries messages: this process (default) or a broker such as Redis. */
   export interface EventSourceAdapter {
     readonly hasHistory: boolean
     attach (host: AdapterHost): void | Promise<void>
-    publish (message: PublishedMessage): Promise<void>
+    publish (message: PublishedMessage, options?: AdapterPublishOptions): Promise<void>
     replay (lastEventId: string, identifier: string): Promise<ReplayResult>
     claim? (identifier: string, openedAt: number): void
     close (): Promise<void>
@@ -250,7 +310,10 @@ declare namespace fastifyEventSources {
     constructor (size: number, epoch?: number)
     readonly size: number
     readonly epoch: string
-    append (message: PublishedMessage): string
+    /** Stores the message; a key is remembered (see `keyed`) while the message is held. */
+    append (message: PublishedMessage, key?: string): string
+    /** The id of the held message published with this idempotency key, if any. */
+    keyed (key: string): string | undefined
     readAfter (lastEventId: string, identifier: string): ReplayResult
   }
 

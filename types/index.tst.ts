@@ -1,3 +1,4 @@
+import { Readable } from 'node:stream'
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import { expect, test } from 'tstyche'
 import eventSources, {
@@ -10,7 +11,12 @@ import eventSources, {
   type HttpRequestEventSource,
   type PingPolicy,
   type PublishedMessage,
-  type ReplayResult
+  type ReplayResult,
+  type StreamMessage,
+  type StreamOptions,
+  type AdapterHost,
+  type AdapterPublishOptions,
+  type EventSourceAdapter
 } from './index'
 import required = require('./index')
 
@@ -116,6 +122,43 @@ test('a source\'s methods', () => {
   expect(sse.waitForFail('1s')).type.toRaiseError()
 })
 
+test('stream(): every kind of source, typed items for map, and no string', () => {
+  const sse = {} as HttpRequestEventSource
+  async function * tokens (): AsyncGenerator<{ text: string }> {
+    yield { text: 'a' }
+  }
+  expect(sse.stream(tokens())).type.toBe<Promise<number>>()
+  expect(sse.stream(['a', 'b'])).type.toBe<Promise<number>>()
+  expect(sse.stream(new Set([1, 2]))).type.toBe<Promise<number>>()
+  expect(sse.stream(Readable.from(['a']))).type.toBe<Promise<number>>()
+  expect(sse.stream(new ReadableStream<string>())).type.toBe<Promise<number>>()
+  expect(sse.stream(tokens(), { event: 'token' })).type.toBe<Promise<number>>()
+
+  sse.stream(tokens(), {
+    map: item => {
+      expect(item).type.toBe<{ text: string }>()
+      return item.text === '' ? undefined : { data: item.text, event: 'token', id: '1', retry: 10 }
+    }
+  })
+  // A byte stream's map receives the decoded text of each chunk.
+  sse.stream(new ReadableStream<Uint8Array>(), { map: text => { expect(text).type.toBe<string>(); return { data: text } } })
+  sse.stream([Buffer.from('x')], { map: text => { expect(text).type.toBe<string>(); return undefined } })
+  // A Readable's items are untyped; a map may still say what it expects.
+  expect(sse.stream(Readable.from(['a']), { map: (text: string) => ({ data: text }) })).type.not.toRaiseError()
+  expect<StreamOptions<number>['map']>().type.toBe<((item: number) => StreamMessage | undefined) | undefined>()
+
+  expect(sse.stream('a string')).type.toRaiseError()
+  expect(sse.stream(Object('boxed') as string)).type.toRaiseError()
+  expect(sse.stream(42)).type.toRaiseError()
+  expect(sse.stream({ a: 1 })).type.toRaiseError()
+  expect(sse.stream()).type.toRaiseError()
+  expect(sse.stream(tokens(), { event: 1 })).type.toRaiseError()
+  expect(sse.stream(tokens(), { map: () => 'data' })).type.toRaiseError()
+  expect(sse.stream(tokens(), { map: item => ({ data: item, id: 1 }) })).type.toRaiseError()
+  expect(sse.stream(tokens(), { map: (item: number) => ({ data: item }) })).type.toRaiseError()
+  expect(sse.stream(tokens(), { other: true })).type.toRaiseError()
+})
+
 test('withPing and the ping policy', () => {
   const sse = {} as HttpRequestEventSource
   expect(sse.withPing(ping => {
@@ -182,4 +225,17 @@ test('exactOptionalPropertyTypes: an optional option or field may be given as un
   expect(app.register(eventSources, { serializer: undefined, connectionKey: undefined, lastEventIdQuery: undefined })).type.not.toRaiseError()
   expect(sse.send('x', { event: null })).type.toRaiseError()
   expect(app.register(eventSources, { maxConnections: null })).type.toRaiseError()
+})
+
+test('publish with an idempotency key; the adapter seam carries it and positions', () => {
+  const sources = app.eventSources
+  expect(sources.publish('x', { key: 'order-42' })).type.toBe<Promise<void>>()
+  expect(sources.publish('x', { key: 42 })).type.toRaiseError()
+  expect(new MemoryHistory(10).keyed('order-42')).type.toBe<string | undefined>()
+  expect<PublishedMessage>().type.toBeAssignableFrom({ data: 'x', id: '1-1', position: '1-1' })
+  expect<PublishedMessage>().type.not.toBeAssignableFrom({ data: 'x', position: 1 })
+  expect<AdapterHost['gap']>().type.toBe<(latestId: string | undefined, lastId: string | undefined) => void>()
+  expect<ReturnType<AdapterHost['identified']>>().type.toBe<[identifier: string, openedAt: number][]>()
+  expect<Parameters<EventSourceAdapter['publish']>[1]>().type.toBe<AdapterPublishOptions | undefined>()
+  expect<AdapterPublishOptions>().type.not.toBeAssignableFrom({ key: null })
 })

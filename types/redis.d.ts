@@ -16,11 +16,16 @@ declare namespace redisAdapter {
      * Shared Last-Event-ID history in a Redis Stream, replacing the plugin's in-memory one: `{ maxLen }`
      * (default 1000, trimmed approximately with `MAXLEN ~`) or `false` for live delivery only.
      * With history, a published message's id is its stream id (an `id` passed to publish is replaced).
+     * `keyTtl` (ms, default 3600000) bounds how long an idempotency key is remembered, at most as long as
+     * the stream holds its message. With `false`, a client resuming with a Last-Event-ID gets the reset event.
      */
-    history?: { maxLen?: number | undefined } | false | undefined
+    history?: { maxLen?: number | undefined, keyTtl?: number | undefined } | false | undefined
     /** Milliseconds a publish (or a replay read) may wait for Redis before it fails. Default 2000. */
     publishTimeout?: number | undefined
-    /** Milliseconds plugin registration may wait for the first connection. Default 10000. */
+    /**
+     * Milliseconds plugin registration may wait for the first connection before failing with FST_ERR_SSE_ADAPTER.
+     * Default 5000: keep it below Fastify's `pluginTimeout` (10000 by default), which would fire first.
+     */
     connectTimeout?: number | undefined
   }
 

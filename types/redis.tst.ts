@@ -26,6 +26,8 @@ test('options', () => {
   expect<RedisAdapterOptions>().type.not.toBeAssignableFrom({ history: { size: 10 } })
   expect<RedisAdapterOptions>().type.not.toBeAssignableFrom({ history: true })
   expect<RedisAdapterOptions>().type.not.toBeAssignableFrom({ publishTimeout: '1s' })
+  expect(redisAdapter({ history: { maxLen: 100, keyTtl: 60_000 }, connectTimeout: 2000 })).type.not.toRaiseError()
+  expect<RedisAdapterOptions>().type.not.toBeAssignableFrom({ history: { keyTtl: '1h' } })
 })
 
 test('exactOptionalPropertyTypes: an option may be given as undefined', () => {

@@ -1,5 +1,6 @@
 import type { HistoryStore } from '../history/history'
-import type { AdapterHost, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
+import { MemoryHistory } from '../history/memory'
+import type { AdapterHost, AdapterPublishOptions, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
 
 /** One process: publish stores in the given history (if any) and delivers at once. */
 export class LocalAdapter implements EventSourceAdapter {
@@ -16,10 +17,14 @@ export class LocalAdapter implements EventSourceAdapter {
     this.#host = host
   }
 
-  async publish (message: PublishedMessage): Promise<void> {
-    if (this.#history !== undefined) {
+  async publish (message: PublishedMessage, options?: AdapterPublishOptions): Promise<void> {
+    const history = this.#history
+    if (history !== undefined) {
+      const key = options?.key
+      // A retried publish whose first attempt is still held was stored and delivered already.
+      if (key !== undefined && history instanceof MemoryHistory && history.keyed(key) !== undefined) return
       // The store sets message.position, which live delivery compares with each source's own.
-      const id = await this.#history.append(message)
+      const id = await (key !== undefined && history instanceof MemoryHistory ? history.append(message, key) : history.append(message))
       if (message.id !== id) message = { ...message, id }
     }
     this.#host?.deliver(message)

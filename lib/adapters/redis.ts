@@ -1,12 +1,10 @@
-import { createHash, randomUUID } from 'node:crypto'
+import { randomUUID } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
 import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_INVALID_OPTION, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
-import { APPEND_AND_PUBLISH, RedisStreamsHistory, decode, encode } from '../history/redis-streams'
+import { APPEND_AND_PUBLISH, PAGE, RedisStreamsHistory, decode, decodeEntries, encode } from '../history/redis-streams'
 import { isAfter } from '../position'
-import type { AdapterHost, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
+import type { AdapterHost, AdapterPublishOptions, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
 import type { RedisAdapterOptions } from '../../types/redis'
-
-const SCRIPT_SHA = createHash('sha1').update(APPEND_AND_PUBLISH).digest('hex')
 
 // Fail fast instead of queueing while Redis is away: a queued publish would hang, then arrive late and out of order.
 const OWN_CONNECTION: RedisOptions = {
@@ -18,6 +16,15 @@ const OWN_CONNECTION: RedisOptions = {
   retryStrategy: (times: number) => Math.min(times * 100, 2000) + Math.floor(Math.random() * 100)
 }
 
+/** Live messages held back during a catch-up, at most: past it they are dropped and read from the stream again. */
+const HELD_BYTES = 8 * 1024 * 1024
+/** What one catch-up page may carry, about: the page size shrinks for large messages. */
+const PAGE_BYTES = 4 * 1024 * 1024
+/** A catch-up read that fails is tried this many times (backing off up to 2 s) before the gap is reported. */
+const READ_ATTEMPTS = 8
+/** Claims per announcement message when re-announcing every source after a reconnect. */
+const CLAIMS_PER_MESSAGE = 500
+
 function fail (name: string, why: string): never {
   throw new FST_ERR_SSE_INVALID_OPTION(name, why)
 }
@@ -26,6 +33,15 @@ function positive (name: string, value: unknown, fallback: number): number {
   if (value === undefined) return fallback
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) fail(name, `must be an integer >= 1, got ${String(value)}`)
   return value
+}
+
+function sleep (ms: number): Promise<void> {
+  return new Promise(resolve => setTimeout(resolve, ms).unref())
+}
+
+function addressOf (connection: Redis): string {
+  const { host, port, path } = connection.options
+  return path ?? `${host ?? '127.0.0.1'}:${port ?? 6379}`
 }
 
 /**
@@ -42,9 +58,11 @@ class RedisAdapter implements EventSourceAdapter {
   #userClient: Redis | undefined
   #url: string | undefined
   #maxLen: number
+  #keyTtl: number
   #timeout: number
   #connectTimeout: number
   #client: Redis | undefined
+  #subscriber: Redis | undefined
   #owned: Redis[] = []
   #history: RedisStreamsHistory | undefined
   #host: AdapterHost | undefined
@@ -52,10 +70,20 @@ class RedisAdapter implements EventSourceAdapter {
   #closed = false
   #down = false
   #subscribed = false
+  #inFlight = new Set<Promise<unknown>>()
   /** The newest stream id delivered here (history on only): where catching up starts. */
   #lastId: string | undefined
-  /** Live messages held back while catching up. */
-  #buffer: PublishedMessage[] | null = null
+  /** Live messages held back while catching up, oldest first; null when delivering live. */
+  #held: PublishedMessage[] | null = null
+  #heldBytes = 0
+  /** The running catch-up, if any: there is never a second one. */
+  #catchingUp: Promise<void> | undefined
+  /** The subscription came back since the running catch-up subscribed. */
+  #again = false
+  /** Held messages were dropped: the running catch-up reads the stream again before going live. */
+  #reread = false
+  /** A claim could not be announced: announce every source once the connection is back. */
+  #unannounced = false
 
   constructor (options: RedisAdapterOptions = {}) {
     if (typeof options !== 'object' || options === null) fail('redisAdapter', 'options must be an object')
@@ -66,12 +94,13 @@ class RedisAdapter implements EventSourceAdapter {
     if (url !== undefined && typeof url !== 'string') fail('url', 'must be a redis:// URL')
     const prefix = options.channelPrefix ?? 'fastify-event-sources:'
     if (typeof prefix !== 'string') fail('channelPrefix', 'must be a string')
-    if (history !== undefined && history !== false && (typeof history !== 'object' || history === null)) fail('history', 'must be { maxLen } or false')
+    if (history !== undefined && history !== false && (typeof history !== 'object' || history === null)) fail('history', 'must be { maxLen, keyTtl } or false')
     this.#userClient = client
     this.#url = url
     this.#maxLen = history === false ? 0 : positive('history.maxLen', history?.maxLen, 1000)
+    this.#keyTtl = history === false ? 0 : positive('history.keyTtl', history?.keyTtl, 3_600_000)
     this.#timeout = positive('publishTimeout', options.publishTimeout, 2000)
-    this.#connectTimeout = positive('connectTimeout', options.connectTimeout, 10_000)
+    this.#connectTimeout = positive('connectTimeout', options.connectTimeout, 5000)
     this.hasHistory = history !== false
     this.channelPrefix = prefix
     this.streamKey = prefix + 'stream'
@@ -83,18 +112,30 @@ class RedisAdapter implements EventSourceAdapter {
     if (this.#host !== undefined) throw new FST_ERR_SSE_ADAPTER('a redisAdapter serves one Fastify instance; create one per instance')
     this.#host = host
     const user = this.#userClient
+    // A client that was closed never comes back: waiting for it would only run into Fastify's plugin timeout.
+    if (user !== undefined && user.status === 'end') {
+      throw new FST_ERR_SSE_ADAPTER(`cannot reach Redis at ${addressOf(user)}: the client passed was closed (status "end")`)
+    }
     const client = user ?? this.#own(new Redis(this.#url ?? 'redis://127.0.0.1:6379', OWN_CONNECTION))
     // Subscribing again is done here, not by ioredis, so that catching up starts once the subscription holds.
     const subscriber = this.#own((user ?? client).duplicate({ enableOfflineQueue: false, lazyConnect: false, autoResubscribe: false }))
     this.#client = client
+    this.#subscriber = subscriber
     if (this.hasHistory) this.#history = new RedisStreamsHistory(client, this.streamKey)
     subscriber.on('message', (channel: string, payload: string) => {
       if (channel === this.messageChannel) this.#onMessage(payload)
       else if (channel === this.claimChannel) this.#onClaim(payload)
     })
     subscriber.on('ready', () => {
-      if (this.#subscribed) this.#resubscribe(subscriber).catch(() => {})
+      if (this.#subscribed) this.#catchUp()
     })
+    client.on('ready', () => {
+      if (this.#unannounced && this.#subscribed) this.#announceAll()
+    })
+    let lastError: Error | undefined
+    const record = (err: Error): void => { lastError = err }
+    client.on('error', record)
+    subscriber.on('error', record)
     try {
       if (user?.status === 'wait') user.connect().catch(() => {})
       await Promise.all([client, subscriber].map(c => this.#ready(c)))
@@ -102,41 +143,50 @@ class RedisAdapter implements EventSourceAdapter {
       if (this.#history !== undefined) this.#seen(await this.#history.latestId())
     } catch (err) {
       await this.close()
-      throw new FST_ERR_SSE_ADAPTER(`cannot reach Redis: ${(err as Error).message}`, { cause: err })
+      const why = lastError === undefined ? (err as Error).message : `${(err as Error).message} (${lastError.message})`
+      throw new FST_ERR_SSE_ADAPTER(`cannot reach Redis at ${addressOf(client)}: ${why}`, { cause: err })
+    } finally {
+      client.off('error', record)
+      subscriber.off('error', record)
     }
     this.#subscribed = true
   }
 
-  async publish (message: PublishedMessage): Promise<void> {
+  async publish (message: PublishedMessage, options?: AdapterPublishOptions): Promise<void> {
     const client = this.#client
     if (client === undefined || this.#closed) throw new FST_ERR_SSE_PUBLISH_FAILED(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
     // A user's client may queue while disconnected; a queued publish would be sent after it was reported failed.
     if (client.status !== 'ready') throw new FST_ERR_SSE_PUBLISH_FAILED(`Redis is not connected (${client.status})`)
+    const sent = this.hasHistory
+      ? this.#append(client, encode(message, false), options?.key)
+      : client.publish(this.messageChannel, '\n' + encode(message, true))
+    this.#inFlight.add(sent)
     try {
-      await this.#bounded(this.hasHistory ? this.#append(client, encode(message, false)) : client.publish(this.messageChannel, '\n' + encode(message, true)))
+      await this.#bounded(sent)
     } catch (err) {
       throw new FST_ERR_SSE_PUBLISH_FAILED((err as Error).message, { cause: err })
+    } finally {
+      this.#inFlight.delete(sent)
     }
   }
 
   async replay (lastEventId: string, identifier: string): Promise<ReplayResult> {
     const history = this.#history
-    if (history === undefined) return { messages: [], gap: false }
+    // Live only: nothing can be replayed, so whatever the client missed is a gap it must hear about.
+    if (history === undefined) return { messages: [], gap: true }
     if (this.#client?.status !== 'ready') throw new FST_ERR_SSE_ADAPTER('Redis is not connected; cannot read the history')
     return this.#bounded(history.readAfter(lastEventId, identifier))
   }
 
   claim (identifier: string, openedAt: number): void {
-    const client = this.#client
-    if (client === undefined || this.#closed) return
-    client.publish(this.claimChannel, JSON.stringify([this.#instance, identifier, openedAt])).catch((err: Error) => {
-      this.#host?.log.debug({ err, identifier }, 'fastify-event-sources: could not announce the identifier to other instances')
-    })
+    if (this.#client === undefined || this.#closed) return
+    this.#announce([[identifier, openedAt]])
   }
 
-  /** Closes the connections this adapter opened; a client passed in stays open. */
+  /** Lets publishes already sent finish, then closes the connections this adapter opened; a client passed in stays open. */
   async close (): Promise<void> {
     this.#closed = true
+    await Promise.race([Promise.allSettled([...this.#inFlight]), sleep(this.#timeout)])
     const owned = this.#owned
     this.#owned = []
     await Promise.all(owned.map(async connection => {
@@ -154,7 +204,7 @@ class RedisAdapter implements EventSourceAdapter {
     this.#owned.push(connection)
     // Without a listener ioredis reports every failed reconnect attempt; one warning per outage is enough.
     connection.on('error', (err: Error) => {
-      if (this.#down || this.#closed) return
+      if (this.#down || this.#closed || !this.#subscribed) return
       this.#down = true
       this.#host?.log.warn({ err }, 'fastify-event-sources: Redis connection lost; reconnecting')
     })
@@ -166,15 +216,13 @@ class RedisAdapter implements EventSourceAdapter {
     return connection
   }
 
-  async #append (client: Redis, body: string): Promise<unknown> {
-    const args = [1, this.streamKey, this.#maxLen, body, this.messageChannel] as const
-    try {
-      return await client.evalsha(SCRIPT_SHA, ...args)
-    } catch (err) {
-      // After a restart Redis has forgotten the script.
-      if (!String((err as Error).message).startsWith('NOSCRIPT')) throw err
-      return client.eval(APPEND_AND_PUBLISH, ...args)
-    }
+  /**
+   * Always EVAL, never EVALSHA: after SCRIPT FLUSH, a failover or a restart, an EVALSHA that fails and is sent
+   * again as EVAL would be overtaken by later publishes. The script is short, and Redis caches it by its hash.
+   */
+  async #append (client: Redis, body: string, key: string | undefined): Promise<unknown> {
+    if (key === undefined) return client.eval(APPEND_AND_PUBLISH, 1, this.streamKey, this.#maxLen, body, this.messageChannel)
+    return client.eval(APPEND_AND_PUBLISH, 2, this.streamKey, this.channelPrefix + 'key:' + key, this.#maxLen, body, this.messageChannel, this.#keyTtl)
   }
 
   #onMessage (payload: string): void {
@@ -188,12 +236,27 @@ class RedisAdapter implements EventSourceAdapter {
       host.log.warn({ err, channel: this.messageChannel }, 'fastify-event-sources: ignored a malformed message from Redis')
       return
     }
-    if (this.#buffer !== null) this.#buffer.push(message)
-    else this.#deliver(host, message)
+    const held = this.#held
+    if (held === null) {
+      this.#deliver(host, message)
+    } else if (this.#heldBytes + message.data.length > HELD_BYTES && held.length > 0) {
+      // Everything held is in the stream too: drop it and read the stream again rather than grow without bound.
+      this.#held = []
+      this.#heldBytes = 0
+      this.#reread = true
+    } else {
+      held.push(message)
+      this.#heldBytes += message.data.length
+    }
   }
 
+  /** Delivers in stream order, each stream id once per instance. */
   #deliver (host: AdapterHost, message: PublishedMessage): void {
-    if (this.#history !== undefined && message.id !== undefined) this.#lastId = message.id
+    const id = message.position
+    if (id !== undefined && this.#history !== undefined) {
+      if (this.#lastId !== undefined && !isAfter(id, this.#lastId)) return
+      this.#lastId = id
+    }
     host.deliver(message)
   }
 
@@ -202,36 +265,119 @@ class RedisAdapter implements EventSourceAdapter {
   }
 
   /**
-   * Pub/sub drops what is published while a subscriber is away. Once subscribed again, read what the stream
-   * got meanwhile and deliver it ahead of the live messages held back until then (minus those it covered).
+   * Pub/sub drops what is published while a subscriber is away. Once subscribed again, read what the stream got
+   * meanwhile, page by page, and deliver it ahead of the live messages held back until then. One catch-up at a
+   * time: a drop during it makes it read again. Held messages are delivered only once the stream was read up to
+   * them; if the stream no longer holds what was missed, every source here gets the reset event first.
    */
-  async #resubscribe (subscriber: Redis): Promise<void> {
-    const history = this.#history
-    const client = this.#client as Redis
-    const held: PublishedMessage[] = []
-    let missed: PublishedMessage[] = []
-    this.#buffer = held
+  #catchUp (): void {
+    this.#again = true
+    if (this.#catchingUp !== undefined || this.#closed) return
+    this.#held ??= []
+    this.#catchingUp = this.#runCatchUp().finally(() => { this.#catchingUp = undefined })
+  }
+
+  async #runCatchUp (): Promise<void> {
+    const subscriber = this.#subscriber as Redis
+    let complete = false
     try {
-      await subscriber.subscribe(this.messageChannel, this.claimChannel)
-      const from = this.#lastId
-      if (history !== undefined && from !== undefined) {
-        await this.#ready(client)
-        missed = await this.#bounded(history.after(from))
-        if (missed.length > 0) this.#host?.log.info({ missed: missed.length }, 'fastify-event-sources: delivering what was published while the subscription was down')
+      while ((this.#again || this.#reread) && !this.#closed) {
+        complete = false
+        this.#reread = false
+        if (this.#again) {
+          this.#again = false
+          if (subscriber.status !== 'ready') return
+          await this.#bounded(subscriber.subscribe(this.messageChannel, this.claimChannel))
+          // Claims made elsewhere while this subscription was down were missed: announcing ours makes newer ones answer.
+          this.#announceAll()
+          // Live only: what was published while the subscription was down is gone.
+          if (this.#history === undefined) this.#host?.gap(undefined, undefined)
+        }
+        if (this.#history !== undefined) await this.#readToEnd(this.#history)
+        complete = true
       }
     } catch (err) {
-      this.#host?.log.warn({ err }, 'fastify-event-sources: could not catch up after reconnecting to Redis')
+      this.#host?.log.warn({ err }, 'fastify-event-sources: could not subscribe again after reconnecting to Redis')
     } finally {
-      if (this.#buffer === held) this.#buffer = null
+      const held = this.#held ?? []
+      this.#held = null
+      this.#heldBytes = 0
       const host = this.#host
-      if (host !== undefined && !this.#closed) {
-        for (const message of missed) this.#deliver(host, message)
-        const last = missed.length > 0 ? missed[missed.length - 1].id as string : undefined
-        for (const message of held) {
-          if (last === undefined || message.id === undefined || isAfter(message.id, last)) this.#deliver(host, message)
+      // Held messages follow a stretch that was not read: drop them, the next catch-up reads them from the stream.
+      if (complete && host !== undefined && !this.#closed) for (const message of held) this.#deliver(host, message)
+    }
+  }
+
+  /** Delivers every entry after the last id delivered, up to the stream's end, in pages; reports what was lost. */
+  async #readToEnd (history: RedisStreamsHistory): Promise<void> {
+    const host = this.#host as AdapterHost
+    let count = PAGE
+    let delivered = 0
+    for (;;) {
+      const cursor = this.#lastId ?? '0-0'
+      // Inclusive of the cursor: finding it again proves nothing after it was trimmed.
+      const entries = await this.#retried(() => history.page(cursor, count + 1))
+      if (entries === undefined) {
+        host.log.warn({ lastId: cursor }, 'fastify-event-sources: could not read the history after reconnecting; reporting a gap')
+        host.gap(undefined, cursor)
+        return
+      }
+      const rest = entries.length > 0 && entries[0][0] === cursor ? entries.slice(1) : entries
+      if (rest.length === entries.length && cursor !== '0-0') {
+        const continuity = await this.#retried(() => history.continuity(cursor))
+        if (continuity === undefined || continuity.gap) {
+          host.log.warn({ lastId: cursor, latestId: continuity?.latestId }, 'fastify-event-sources: the history no longer holds what was missed; reporting a gap')
+          host.gap(continuity?.latestId, cursor)
+          // As on a replay gap: after the reset, everything still held. All of it is after the cursor.
+          this.#lastId = '0-0'
+          continue
         }
       }
+      let bytes = 0
+      for (const message of decodeEntries(rest)) {
+        bytes += message.data.length
+        this.#deliver(host, message)
+      }
+      if (rest.length > 0) this.#seen(rest[rest.length - 1][0])
+      delivered += rest.length
+      if (rest.length < count) break
+      count = Math.max(1, Math.min(PAGE, Math.floor(PAGE_BYTES / Math.max(1, bytes / rest.length))))
     }
+    if (delivered > 0) host.log.info({ missed: delivered }, 'fastify-event-sources: delivered what was published while the subscription was down')
+  }
+
+  /** Runs a read until it succeeds, backing off; undefined after READ_ATTEMPTS failures or once closed. */
+  async #retried<T> (read: () => Promise<T>): Promise<T | undefined> {
+    for (let attempt = 1; attempt <= READ_ATTEMPTS && !this.#closed; attempt++) {
+      try {
+        if (this.#client?.status !== 'ready') throw new Error('Redis is not connected')
+        return await this.#bounded(read())
+      } catch (err) {
+        this.#host?.log.debug({ err, attempt }, 'fastify-event-sources: history read failed; retrying')
+        await sleep(Math.min(attempt * 250, 2000))
+      }
+    }
+    return undefined
+  }
+
+  /** Tells the other instances which identifiers are open here; they close older sources and answer for newer ones. */
+  #announce (claims: [string, number][]): void {
+    const client = this.#client as Redis
+    if (client.status !== 'ready') {
+      this.#unannounced = true
+      return
+    }
+    const payload = claims.length === 1 ? [this.#instance, claims[0][0], claims[0][1]] : [this.#instance, claims]
+    client.publish(this.claimChannel, JSON.stringify(payload)).catch((err: Error) => {
+      this.#unannounced = true
+      this.#host?.log.debug({ err }, 'fastify-event-sources: could not announce identifiers to other instances')
+    })
+  }
+
+  #announceAll (): void {
+    this.#unannounced = false
+    const all = this.#host?.identified() ?? []
+    for (let i = 0; i < all.length; i += CLAIMS_PER_MESSAGE) this.#announce(all.slice(i, i + CLAIMS_PER_MESSAGE))
   }
 
   #onClaim (payload: string): void {
@@ -243,8 +389,19 @@ class RedisAdapter implements EventSourceAdapter {
     } catch {
       return
     }
-    if (!Array.isArray(claim) || claim[0] === this.#instance || typeof claim[1] !== 'string' || typeof claim[2] !== 'number') return
-    host.closeOlder(claim[1], claim[2])
+    if (!Array.isArray(claim) || claim[0] === this.#instance) return
+    const claims = Array.isArray(claim[1]) ? claim[1] as unknown[] : [[claim[1], claim[2]]]
+    const newer: [string, number][] = []
+    for (const one of claims) {
+      if (!Array.isArray(one) || typeof one[0] !== 'string' || typeof one[1] !== 'number') continue
+      const [identifier, openedAt] = one as [string, number]
+      const mine = host.openedAt(identifier)
+      if (mine === undefined) continue
+      if (mine < openedAt) host.closeOlder(identifier, openedAt)
+      else if (mine > openedAt) newer.push([identifier, mine])
+    }
+    // The other instance missed our claim (it was away): answer, so it closes its older source.
+    if (newer.length > 0) this.#announce(newer)
   }
 
   async #ready (connection: Redis): Promise<void> {

@@ -14,6 +14,9 @@ export class MemoryHistory implements HistoryStore {
   #next = 0
   #count = 0
   #seq = 0
+  /** Idempotency keys of held messages → their ids, and each slot's key so an overwritten message forgets its key. */
+  #keys = new Map<string, string>()
+  #keyAt: (string | undefined)[] = []
 
   constructor (size: number, epoch: number = Date.now()) {
     this.size = size
@@ -21,14 +24,23 @@ export class MemoryHistory implements HistoryStore {
     this.#ring = new Array(size)
   }
 
-  append (message: PublishedMessage): string {
+  append (message: PublishedMessage, key?: string): string {
     const position = this.epoch + '-' + (++this.#seq)
     const id = message.id ?? position
+    const evicted = this.#keyAt[this.#next]
+    if (evicted !== undefined) this.#keys.delete(evicted)
+    this.#keyAt[this.#next] = key
+    if (key !== undefined) this.#keys.set(key, id)
     this.#ring[this.#next] = { ...message, id, position }
     this.#next = (this.#next + 1) % this.size
     if (this.#count < this.size) this.#count++
     message.position = position
     return id
+  }
+
+  /** The id of the held message published with this idempotency key, if any. */
+  keyed (key: string): string | undefined {
+    return this.#keys.get(key)
   }
 
   readAfter (lastEventId: string, identifier: string): ReplayResult {
