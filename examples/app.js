@@ -33,6 +33,8 @@ function buildDemo (options = {}) {
 
   app.register(plugin, { retry, history: { size: historySize }, lastEventIdQuery: 'lastEventId' })
   app.register(fastifyStatic, { root: path.join(__dirname, 'public') })
+  // The page imports the package's browser client as it ships: a plain ES module, no bundler.
+  app.get('/client/index.js', (request, reply) => reply.sendFile('index.js', path.join(__dirname, '..', 'client')))
 
   app.register(async function demo (app) {
     const sources = app.eventSources

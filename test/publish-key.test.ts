@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { MemoryHistory } from '../lib/index'
+import { MemoryHistory } from '../lib/history/memory'
 import { start, until } from './helpers/server'
 import { readEvents } from './helpers/read-events'
 

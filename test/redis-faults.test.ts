@@ -253,7 +253,7 @@ if (!hasRedisServer) {
     const app = Fastify()
     t.teardown(() => app.close())
     app.register(eventSources, { adapter: redisAdapter({ url: `redis://127.0.0.1:${port}` }) })
-    await t.rejects(app.ready(), { code: 'FST_ERR_SSE_ADAPTER', message: new RegExp(`127\\.0\\.0\\.1:${port}.*ECONNREFUSED`) })
+    await t.rejects(async () => { await app.ready() }, { code: 'FST_ERR_SSE_ADAPTER', message: new RegExp(`127\\.0\\.0\\.1:${port}.*ECONNREFUSED`) })
   })
 
   test('registration with a client that was already closed fails at once with FST_ERR_SSE_ADAPTER naming the address', async t => {
@@ -265,7 +265,7 @@ if (!hasRedisServer) {
     const app = Fastify()
     t.teardown(() => app.close())
     app.register(eventSources, { adapter: redisAdapter({ client: user }) })
-    await t.rejects(app.ready(), { code: 'FST_ERR_SSE_ADAPTER', message: new RegExp(`127\\.0\\.0\\.1:${redis.port}.*closed`) })
+    await t.rejects(async () => { await app.ready() }, { code: 'FST_ERR_SSE_ADAPTER', message: new RegExp(`127\\.0\\.0\\.1:${redis.port}.*closed`) })
   })
 
   test('claims made while Redis is down are not lost: within 5 s of Redis answering, each identifier is open on its newest instance only', async t => {

@@ -99,7 +99,7 @@ if (!hasRedisServer) {
       if (during !== undefined) await during()
       return (await sent).reduce((a, b) => a + b, 0)
     }
-    const killSubscribers = (): Promise<unknown> => control.client('KILL', 'TYPE', 'pubsub')
+    const killSubscribers = (): Promise<unknown> => (control.client as (...args: string[]) => Promise<unknown>)('KILL', 'TYPE', 'pubsub')
 
     const published: number[] = []
     published.push(await burst(150))

@@ -15,8 +15,9 @@ declare module 'fastify' {
      * @throws FST_ERR_SSE_ALREADY_STREAMING on a second call for the same request
      * @throws FST_ERR_SSE_TOO_MANY_CONNECTIONS (503, with Retry-After set) beyond a connection limit
      * @throws FST_ERR_SSE_ADAPTER on a route of a context made before the plugin was registered
+     * @typeParam Events an event map (event name → data type) that `send` checks; untyped when absent
      */
-    getEventSource (identifier?: string): fastifyEventSources.HttpRequestEventSource
+    getEventSource<Events extends object = fastifyEventSources.AnyEvents> (identifier?: string): fastifyEventSources.HttpRequestEventSource<Events>
   }
 }
 
@@ -36,6 +37,37 @@ declare namespace fastifyEventSources {
     /** Reconnection delay in ms for the client; a non-negative integer. */
     retry?: number | undefined
   }
+
+  /**
+   * The event map of untyped use: any event name, any data. An event map is an interface or type whose keys are
+   * event names and whose values are the types of their data (`{ feed: { text: string }, message: string }`);
+   * `message` is the key for messages sent without an event name.
+   */
+  export type AnyEvents = Record<string, unknown>
+
+  /**
+   * The arguments of `send`, `broadcast` and `publish` under an event map: `(data, { event, ...options })` with
+   * `data` of that event's type, and `(data, options?)` without an event for the map's `message` key.
+   * Untyped (`AnyEvents`): `(data?: unknown, options?)` as always.
+   */
+  export type EventArgs<Events extends object, Options extends SendOptions = SendOptions> =
+    string extends keyof Events
+      ? [data?: unknown, options?: Options]
+      : { [K in keyof Events & string]: NamedEventArgs<Events[K], K, Options> }[keyof Events & string]
+
+  type NamedEventArgs<Data, K extends string, Options extends SendOptions> =
+    K extends 'message'
+      ? (undefined extends Data ? [data?: Data, options?: Options & { event?: K | undefined }] : [data: Data, options?: Options & { event?: K | undefined }])
+      : [data: Data, options: Options & { event: K }]
+
+  /**
+   * One message of an event map as a value: `{ event, data }` with `data` of that event's type (`event` may be
+   * left out for `message`). For producers that yield messages of several events.
+   */
+  export type EventMessage<Events extends object, Options extends SendOptions = SendOptions> =
+    string extends keyof Events
+      ? Options & { data?: unknown }
+      : { [K in keyof Events & string]: Omit<Options, 'event'> & { data: Events[K] } & (K extends 'message' ? { event?: K | undefined } : { event: K }) }[keyof Events & string]
 
   /** What `stream()` pulls from: an async iterable, an iterable (not a string), a Node Readable or a Web ReadableStream. */
   export type StreamSource<T> = (AsyncIterable<T> | Iterable<T> | Readable | ReadableStream<T>) & NotAString
@@ -101,7 +133,8 @@ declare namespace fastifyEventSources {
     stop (): this
   }
 
-  export interface HttpRequestEventSource {
+  /** One stream. `Events` (an event map) types what `send` accepts; untyped by default. */
+  export interface HttpRequestEventSource<Events extends object = AnyEvents> {
     readonly identifier: string | undefined
     readonly isActive: boolean
     readonly request: FastifyRequest
@@ -136,14 +169,15 @@ declare namespace fastifyEventSources {
     /**
      * Sends one event. Strings go as they are; other values through the serializer; null/undefined as an empty
      * data line. Returns false, writing nothing, when the source is not active or the message was dropped.
+     * With an event map, `event` must be one of its keys and `data` of that key's type (no event: `message`).
      * @throws FST_ERR_SSE_INVALID_FIELD for a bad event, id or retry; FST_ERR_SSE_SERIALIZATION if serializing fails
      */
-    send (data?: unknown, options?: SendOptions): boolean
+    send (...args: EventArgs<Events>): boolean
     /**
      * As send, resolving true once the socket took the message and needs no drain (past half of maxBufferedBytes,
      * once what is buffered has reached the kernel); false if the source ends first.
      */
-    sendAsync (data?: unknown, options?: SendOptions): Promise<boolean>
+    sendAsync (...args: EventArgs<Events>): Promise<boolean>
     /**
      * Pipes a producer into this stream, one message per item, pulling the next item only when the socket has
      * room (the producer runs at the client's pace). Strings are the data; bytes are decoded as UTF-8 text with a
@@ -186,10 +220,16 @@ declare namespace fastifyEventSources {
     getByIdentifier (identifier: string): HttpRequestEventSource | undefined
     find (predicate: (identifier: string) => boolean): HttpRequestEventSource[]
     all (): HttpRequestEventSource[]
-    /** Frames once and writes to every matching active identified source of this instance; returns how many got it. Live only. */
-    broadcast (data?: unknown, options?: BroadcastOptions): number
-    /** Stores the message in history (when on) and delivers it on every instance the adapter reaches. */
-    publish (data?: unknown, options?: PublishOptions): Promise<void>
+    /**
+     * Frames once and writes to every matching active identified source of this instance; returns how many got it. Live only.
+     * `broadcast<ChatEvents>(data, { event })` checks the event and its data against an event map.
+     */
+    broadcast<Events extends object = AnyEvents> (...args: EventArgs<NoInfer<Events>, BroadcastOptions>): number
+    /**
+     * Stores the message in history (when on) and delivers it on every instance the adapter reaches.
+     * `publish<ChatEvents>(data, { event })` checks the event and its data against an event map.
+     */
+    publish<Events extends object = AnyEvents> (...args: EventArgs<NoInfer<Events>, PublishOptions>): Promise<void>
     on<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
     off<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
     once<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this

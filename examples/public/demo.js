@@ -1,4 +1,4 @@
-'use strict'
+import { connect as openStream } from '/client/index.js'
 
 ;(function () {
   const store = window.sessionStorage
@@ -21,7 +21,6 @@
   function record (type, event, extra) {
     demo.events.push({ type, data: event.data, lastEventId: event.lastEventId, ...extra })
     if (demo.events.length > 1000) demo.events.shift()
-    if (event.lastEventId) store.setItem('demo.lastEventId', event.lastEventId)
   }
 
   function post (path, body) {
@@ -104,39 +103,38 @@
   function connect () {
     setStatus('connecting')
     $('stopped').hidden = true
-    const last = store.getItem('demo.lastEventId')
-    // A reload starts a new EventSource with no Last-Event-ID header; the query parameter carries the resume point.
-    let url = '/events?tab=' + encodeURIComponent(demo.tab)
-    if (last) url += '&lastEventId=' + encodeURIComponent(last)
-    const es = new window.EventSource(url)
-    demo.es = es
+    // The client keeps the last id in sessionStorage: a reloaded page resumes through ?lastEventId=, and a
+    // reconnect of the same page through the Last-Event-ID header. `terminate` closes it for good.
+    const events = openStream('/events?tab=' + encodeURIComponent(demo.tab), { terminateEvent: 'terminate' })
+    demo.es = events
     // Feed events before `hello` are the replay: the server queues everything it sends behind it.
     let catchingUp = true
     let caughtUp = 0
 
-    es.onopen = () => {
+    events.onOpen(() => {
       setStatus('open')
       catchingUp = true
       caughtUp = 0
-    }
+    })
 
-    es.onerror = () => {
-      if (es.readyState === window.EventSource.CLOSED) {
-        setStatus('stopped')
-        showStopped('The server answered the reconnect with 204 No Content: this tab will not reconnect.')
-      } else {
-        setStatus('reconnecting')
-      }
-    }
+    events.onError(() => {
+      if (events.readyState !== 2) setStatus('reconnecting')
+    })
 
-    es.onmessage = event => {
+    events.onClose(reason => {
+      if (reason !== 'failed') return
+      setStatus('stopped')
+      showStopped('The server answered the reconnect with 204 No Content: this tab will not reconnect.')
+    })
+
+    // Data arrives parsed: JSON for the objects the server serialized, the text itself for plain strings.
+    events.on('message', (text, event) => {
       record('message', event)
-      $('notice').textContent = event.data
-    }
+      $('notice').textContent = text
+    })
 
-    es.addEventListener('hello', event => {
+    events.on('hello', (hello, event) => {
       record('hello', event)
-      const hello = JSON.parse(event.data)
       const resume = $('resume')
       if (hello.resumedFrom !== null) {
         resume.hidden = false
@@ -145,18 +143,17 @@
       catchingUp = false
     })
 
-    es.addEventListener('feed', event => {
+    events.on('feed', (message, event) => {
       record('feed', event, { replayed: catchingUp })
       if (catchingUp) {
         caughtUp++
         demo.replayed++
       }
-      const message = JSON.parse(event.data)
       addFeedItem(message, event.lastEventId, catchingUp)
       keepFeedItem(message, event.lastEventId)
     })
 
-    es.addEventListener('reset', event => {
+    events.on('reset', (reset, event) => {
       record('reset', event)
       $('feed').replaceChildren()
       store.removeItem('demo.feed')
@@ -165,15 +162,14 @@
       resume.textContent = 'The server no longer holds history that old: the feed starts over.'
     })
 
-    es.addEventListener('connections', event => {
+    events.on('connections', (connections, event) => {
       record('connections', event)
-      const connections = JSON.parse(event.data)
       $('count').textContent = String(connections.count)
       renderTabs(connections.tabs)
     })
 
-    es.addEventListener('clock', event => {
-      const clock = demo.clock = JSON.parse(event.data)
+    events.on('clock', clock => {
+      demo.clock = clock
       $('clock-time').textContent = time(clock.now)
       $('clock-uptime').textContent = clock.uptime + ' s'
       $('clock-memory').textContent = `rss ${(clock.rss / 1048576).toFixed(1)} MB · heap ${(clock.heapUsed / 1048576).toFixed(1)} MB`
@@ -181,10 +177,9 @@
       $('clock-published').textContent = String(clock.published)
     })
 
-    es.addEventListener('terminate', event => {
+    // The client has closed the connection already: the browser will not reconnect after the server's close.
+    events.on('terminate', (terminate, event) => {
       record('terminate', event)
-      // Closing here is what stops the browser: otherwise it reconnects after the server's close.
-      es.close()
       setStatus('kicked')
       showStopped('The server kicked this tab (termination event): it stopped reconnecting.')
     })
@@ -201,7 +196,6 @@
     demo.es?.close()
     demo.tab = newTabId()
     store.setItem('demo.tab', demo.tab)
-    store.removeItem('demo.lastEventId')
     store.removeItem('demo.feed')
     $('feed').replaceChildren()
     $('tab').textContent = demo.tab
