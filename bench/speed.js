@@ -27,7 +27,7 @@ const plan = has('cpu')
   ? { rounds: 31, healthRounds: 0, blastMs: 0, bursts: [], settleMs: 500, pingMs: 1000, windowMs: 3000 }
   : quick
     ? { rounds: 5, healthRounds: 0, blastMs: 1000, bursts: [1, 10], settleMs: 500, pingMs: 1000, windowMs: 3000 }
-    : { rounds: 9, healthRounds: 0, blastMs: 2000, bursts: [1, 10], settleMs: 800, pingMs: 1000, windowMs: 4000 }
+    : { rounds: 9, healthRounds: 0, blastMs: 1500, bursts: [1, 10], settleMs: 800, pingMs: 1000, windowMs: 4000 }
 if (plan.bursts.length > 0) plan.sustainedNs = ns
 else plan.sustainedNs = []
 
