@@ -14,6 +14,8 @@ export interface DemoOptions {
   dropHold?: number
   /** Feed messages kept for replay. Default 200. */
   historySize?: number
+  /** The `fastify-event-sources/prometheus` plugin serving `GET /metrics`; defaults to the built package's. */
+  prometheus?: unknown
 }
 
 export function buildDemo (options?: DemoOptions & FastifyServerOptions): FastifyInstance

@@ -3,6 +3,7 @@
 const path = require('node:path')
 const Fastify = require('fastify')
 const fastifyStatic = require('@fastify/static')
+const { Registry } = require('prom-client')
 
 const TAB = /^[A-Za-z0-9_-]{1,64}$/
 const MAX_TEXT = 2000
@@ -14,11 +15,13 @@ const MAX_TEXT = 2000
  *
  * Options: `plugin` (defaults to the built package), `retry` (ms a browser waits before reconnecting),
  * `pingInterval`, `clockInterval`, `dropHold` (ms a dropped tab is kept waiting before it may reconnect),
- * `historySize`, and anything Fastify accepts (`logger`, `http2`, `https`, ...).
+ * `historySize`, `prometheus` (the `fastify-event-sources/prometheus` plugin; defaults to the built one), and
+ * anything Fastify accepts (`logger`, `http2`, `https`, ...).
  */
 function buildDemo (options = {}) {
   const {
     plugin = require('../dist/index.js'),
+    prometheus = require('../dist/prometheus.js'),
     retry = 2000,
     pingInterval = 15000,
     clockInterval = 1000,
@@ -33,6 +36,13 @@ function buildDemo (options = {}) {
 
   app.register(plugin, { retry, history: { size: historySize }, lastEventIdQuery: 'lastEventId' })
   app.register(fastifyStatic, { root: path.join(__dirname, 'public') })
+  // A registry of the app's own, so that several demo apps in one process (the tests) do not share one.
+  const registry = new Registry()
+  app.register(prometheus, { registry })
+  app.get('/metrics', async (request, reply) => {
+    reply.type(registry.contentType)
+    return registry.metrics()
+  })
   // The page imports the package's browser client as it ships: a plain ES module, no bundler.
   app.get('/client/index.js', (request, reply) => reply.sendFile('index.js', path.join(__dirname, '..', 'client')))
 

@@ -9,12 +9,13 @@ import {
 import { EventSource, framePositions, type SendOptions, type SourceContext } from './event-source'
 import { checkEventOptions, eventFrame, messageFrame, serialize } from './frame'
 import type { PublishedMessage } from './history/history'
+import { Metrics } from './metrics'
 import type { Settings } from './options'
 import { parsePosition } from './position'
 import { PingScheduler } from './ping'
 import { WriteScheduler } from './scheduler'
 import { isTarget, type Target } from './target'
-import type { EventSourceCollection as PublicCollection } from '../types/index'
+import type { EventSourceCollection as PublicCollection, EventSourcesMetrics } from '../types/index'
 
 export interface BroadcastOptions extends SendOptions {
   filter?: (identifier: string) => boolean
@@ -40,6 +41,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   #closing = false
   #ctx: SourceContext
   #log: FastifyBaseLogger
+  #metrics = new Metrics({ openStreams: () => this.#open.size, activeConnections: () => this.#byId.size })
 
   constructor (settings: Settings, log: FastifyBaseLogger) {
     super()
@@ -50,6 +52,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       settings,
       scheduler,
       pings: new PingScheduler(scheduler),
+      metrics: this.#metrics,
       release: source => this.#release(source)
     }
   }
@@ -67,6 +70,11 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   /** Shared ping timers running now: one per distinct (interval, message), however many sources ping. */
   get pingTimers (): number {
     return this.#ctx.pings.timers
+  }
+
+  /** A snapshot of this instance's counters and gauges; cheap enough for every scrape. */
+  metrics (): EventSourcesMetrics {
+    return this.#metrics.snapshot()
   }
 
   getByIdentifier (identifier: string): EventSource | undefined {
@@ -112,6 +120,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     if (to !== undefined) message.to = typeof to === 'string' ? to : { prefix: to.prefix }
     if (key === undefined) await this.#settings.adapter.publish(message)
     else await this.#settings.adapter.publish(message, { key })
+    this.#metrics.publish(message)
   }
 
   /** @internal the plugin's side of the adapter seam */
@@ -162,6 +171,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     reply.hijack()
     const source = new EventSource(this.#ctx, request, reply, identifier, key, this.#lastEventId(request))
     this.#open.add(source)
+    this.#metrics.open(source)
     if (key !== undefined) this.#perKey.set(key, (this.#perKey.get(key) ?? 0) + 1)
     runOnResponseOnClose(reply)
     if (request.method === 'HEAD') {
@@ -228,6 +238,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   }
 
   #deliver (message: PublishedMessage): void {
+    this.#metrics.received++
     const to = message.to
     let targets: Iterable<EventSource>
     if (to === undefined) {

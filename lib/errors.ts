@@ -12,3 +12,4 @@ export const FST_ERR_SSE_TOO_MANY_CONNECTIONS = createError('FST_ERR_SSE_TOO_MAN
 export const FST_ERR_SSE_CLOSING = createError('FST_ERR_SSE_CLOSING', P + 'the server is shutting down', 503)
 export const FST_ERR_SSE_PUBLISH_FAILED = createError('FST_ERR_SSE_PUBLISH_FAILED', P + 'publish failed: %s', 503)
 export const FST_ERR_SSE_ADAPTER = createError('FST_ERR_SSE_ADAPTER', P + 'adapter error: %s', 500)
+export const FST_ERR_SSE_NOT_ACCEPTABLE = createError('FST_ERR_SSE_NOT_ACCEPTABLE', P + 'the request\'s Accept header does not allow text/event-stream', 406)

@@ -5,6 +5,7 @@ import type { Writable } from 'node:stream'
 import { FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD, FST_ERR_SSE_INVALID_HEADER } from './errors'
 import { commentFrame, eventFrame, joinFrames, messageFrame, retryFrame } from './frame'
 import type { ReplayResult } from './history/history'
+import type { Metrics } from './metrics'
 import { checkHeader, STREAM_HEADERS, type Settings } from './options'
 import { PingPolicy, type PingScheduler } from './ping'
 import { follows, later, parsePosition, type Position } from './position'
@@ -21,6 +22,7 @@ export interface SourceContext {
   settings: Settings
   scheduler: WriteScheduler
   pings: PingScheduler
+  metrics: Metrics
   release (source: EventSource): void
 }
 
@@ -247,6 +249,7 @@ export class EventSource implements HttpRequestEventSource {
     if (kind === 'message' && this.#idle !== undefined) this.#idle.last = Date.now()
     if (position !== undefined) this._position = position
     this.sentContentLength += frame.length
+    this.#ctx.metrics.accepted(kind, frame.length)
     if (!this.#res.write(frame)) this.#ctx.scheduler.watchDrain(this)
     return true
   }
@@ -273,6 +276,7 @@ export class EventSource implements HttpRequestEventSource {
       if (++this.#loose >= PACK && !this._replaying && this.#out.writableNeedDrain) this.#pack(this._queue)
     }
     this._queuedBytes += frame.length
+    this.#ctx.metrics.accepted(kind, 0)
     if (kind === 'message' && this.#idle !== undefined) this.#idle.last = Date.now()
     return true
   }
@@ -290,6 +294,7 @@ export class EventSource implements HttpRequestEventSource {
     if (!this.#active || this.#out.destroyed) return
     const chunk = queue.length === 1 ? queue[0] : joinFrames(queue, bytes)
     this.sentContentLength += chunk.length
+    this.#ctx.metrics.bytes += chunk.length
     if (this.#res.write(chunk)) this.#settleDrainWaiters(true)
     else this.#ctx.scheduler.watchDrain(this)
   }
@@ -316,6 +321,7 @@ export class EventSource implements HttpRequestEventSource {
       bytes += frame.length
     }
     this.replay = { replayed: result.messages.length, gap: result.gap }
+    this.#ctx.metrics.replay(this, result.messages.length, result.gap)
     this._replaying = false
     const queue = this._queue
     if (queue !== null) {
@@ -332,6 +338,7 @@ export class EventSource implements HttpRequestEventSource {
         queued += frame.length
       }
       this._queue = kept.length > 0 ? kept : null
+      this.#ctx.metrics.delivered -= queue.length - kept.length
       this.#loose = kept.length
       this._queuedBytes = queued
     }
@@ -346,6 +353,7 @@ export class EventSource implements HttpRequestEventSource {
       // Replay is bounded by the history size, not by maxBufferedBytes: it goes out whole, ahead of the queue.
       const chunk = frames.length === 1 ? frames[0] : joinFrames(frames, bytes)
       this.sentContentLength += chunk.length
+      this.#ctx.metrics.bytes += chunk.length
       if (!this.#res.write(chunk)) this.#ctx.scheduler.watchDrain(this)
     }
     if (this._queue !== null) this.#ctx.scheduler.defer(this)
@@ -450,6 +458,7 @@ export class EventSource implements HttpRequestEventSource {
     if (settings.slowClient === 'drop') {
       if (kind === 'message') this.droppedMessages++
       else if (kind === 'ping') this.droppedPings++
+      this.#ctx.metrics.drop(this, kind)
       return false
     }
     if (sliced) {
@@ -493,6 +502,7 @@ export class EventSource implements HttpRequestEventSource {
     if (settings.retry !== undefined) {
       const frame = retryFrame(settings.retry)
       this.sentContentLength += frame.length
+      this.#ctx.metrics.bytes += frame.length
       this.#res.write(frame)
     }
   }
@@ -546,6 +556,7 @@ export class EventSource implements HttpRequestEventSource {
     this.#resolveEnded?.()
     this.#resolveEnded = undefined
     this.#settleDrainWaiters(false)
+    ctx.metrics.close(this, reason)
     this.request.log.debug({ identifier: this.identifier, reason, sentContentLength: this.sentContentLength }, 'event source closed')
   }
 

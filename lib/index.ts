@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
 import fp from 'fastify-plugin'
+import { acceptsEventStream } from './accept'
 import { EventSourceCollection } from './collection'
 import * as errors from './errors'
 import type { EventSource } from './event-source'
@@ -31,9 +32,14 @@ async function fastifyEventSources (fastify: FastifyInstance, options: PluginOpt
     if (reply == null || current === undefined) {
       throw new errors.FST_ERR_SSE_ADAPTER('getEventSource() needs the plugin\'s hooks; was the request routed before registration?')
     }
+    if (settings.requireAccept && !acceptsEventStream(this.headers.accept)) throw new errors.FST_ERR_SSE_NOT_ACCEPTABLE()
     const source = collection.open(this, reply, identifier, current)
     tagged[kSource] = source
     return source
+  })
+
+  fastify.decorateRequest('acceptsEventStream', function (this: FastifyRequest) {
+    return acceptsEventStream(this.headers.accept)
   })
 
   fastify.addHook('onRequest', function (request, reply, done) {

@@ -26,6 +26,7 @@ export interface Settings {
   fanOutSlice: number
   closeGrace: number
   lastEventIdQuery: string | undefined
+  requireAccept: boolean
 }
 
 export const DEFAULT_PING_INTERVAL = 5000
@@ -103,6 +104,7 @@ export function normalizeOptions (options: PluginOptions = {}): Settings {
 
   if (options.batch !== undefined && typeof options.batch !== 'boolean') fail('batch', 'must be a boolean')
   if (options.chunked !== undefined && typeof options.chunked !== 'boolean') fail('chunked', 'must be a boolean')
+  if (options.requireAccept !== undefined && typeof options.requireAccept !== 'boolean') fail('requireAccept', 'must be a boolean')
 
   const lastEventIdQuery = options.lastEventIdQuery === false ? undefined : options.lastEventIdQuery
   if (lastEventIdQuery !== undefined && (typeof lastEventIdQuery !== 'string' || lastEventIdQuery === '')) fail('lastEventIdQuery', 'must be a query parameter name or false')
@@ -124,6 +126,7 @@ export function normalizeOptions (options: PluginOptions = {}): Settings {
     chunked: options.chunked ?? false,
     fanOutSlice: count('fanOutSlice', options.fanOutSlice, 50, 1),
     closeGrace: count('closeGrace', options.closeGrace, 1000, 0),
-    lastEventIdQuery
+    lastEventIdQuery,
+    requireAccept: options.requireAccept ?? false
   }
 }

@@ -15,9 +15,16 @@ declare module 'fastify' {
      * @throws FST_ERR_SSE_ALREADY_STREAMING on a second call for the same request
      * @throws FST_ERR_SSE_TOO_MANY_CONNECTIONS (503, with Retry-After set) beyond a connection limit
      * @throws FST_ERR_SSE_ADAPTER on a route of a context made before the plugin was registered
+     * @throws FST_ERR_SSE_NOT_ACCEPTABLE (406, the reply not hijacked) with `requireAccept: true`, when the
+     * request's Accept header rules out `text/event-stream`
      * @typeParam Events an event map (event name → data type) that `send` checks; untyped when absent
      */
     getEventSource<Events extends object = fastifyEventSources.AnyEvents> (identifier?: string): fastifyEventSources.HttpRequestEventSource<Events>
+    /**
+     * Whether the request's Accept header allows `text/event-stream` (RFC 9110: q-values, wildcards, the most
+     * specific range wins). No Accept header accepts anything; an empty one accepts nothing.
+     */
+    acceptsEventStream (): boolean
   }
 }
 
@@ -204,6 +211,63 @@ declare namespace fastifyEventSources {
     [Symbol.asyncDispose] (): Promise<void>
   }
 
+  /** What `fastify.eventSources.metrics()` returns. Counters only grow; gauges are current values. */
+  export interface EventSourcesMetrics {
+    /** Gauge: every open stream on this instance, identified or not. */
+    openStreams: number
+    /** Gauge: active identified sources on this instance. */
+    activeConnections: number
+    /** Gauge: local topics with at least one follower (0 while the plugin has no topics). */
+    topics: number
+    /** Gauge: producers running on this instance (0 while the plugin has no runs). */
+    runs: number
+    /** Streams opened (every successful `getEventSource()`). */
+    opened: number
+    /** Messages this instance's `publish()` handed to the adapter, which accepted them. */
+    published: number
+    /** Messages this instance got from its adapter to deliver (with the in-process adapter, every publish). */
+    received: number
+    /**
+     * Events written to sources: every accepted `send`, each source reached by `broadcast` or `publish`, replayed
+     * messages and reset events. Pings and comments are not counted.
+     */
+    delivered: number
+    /** Body bytes handed to sockets, pings and comments included (the sum of every source's sentContentLength). */
+    bytes: number
+    /** Messages not written under `slowClient: 'drop'`. */
+    droppedMessages: number
+    /** Pings not written under `slowClient: 'drop'`. */
+    droppedPings: number
+    /** Comments not written under `slowClient: 'drop'`. */
+    droppedComments: number
+    /** Replays done: reconnections with a Last-Event-ID (with `history: false`, each reports a gap). */
+    replays: number
+    /** Replays that reported a gap (a reset event was sent). */
+    gaps: number
+    /** Streams ended, by close reason; every reason is present, from 0. */
+    closes: Record<CloseReason, number>
+  }
+
+  /** Which frames `slowClient: 'drop'` can discard. */
+  export type DropKind = 'message' | 'ping' | 'comment'
+
+  /**
+   * Payloads of the plugin's `node:diagnostics_channel` channels, by channel name. Each is published
+   * synchronously where the event happens, and only when the channel has subscribers.
+   */
+  export interface DiagnosticsMessages {
+    /** A stream opened (every `getEventSource()` that did not throw, identified or not), before anything was written. */
+    'fastify-event-sources:open': { source: HttpRequestEventSource }
+    /** A stream ended; `source.isActive` is already false and it has left the collection. */
+    'fastify-event-sources:close': { source: HttpRequestEventSource, reason: CloseReason }
+    /** `publish()` was accepted by the adapter. `message.data` is the serialized text. */
+    'fastify-event-sources:publish': { message: PublishedMessage }
+    /** A Last-Event-ID replay was written: `replayed` stored messages, after a reset event when `gap`. */
+    'fastify-event-sources:replay': { source: HttpRequestEventSource, replayed: number, gap: boolean }
+    /** A frame was not written because the source was over `maxBufferedBytes` under `slowClient: 'drop'`. */
+    'fastify-event-sources:drop': { source: HttpRequestEventSource, kind: DropKind }
+  }
+
   export interface EventSourceCollectionEvents {
     registered: [source: HttpRequestEventSource]
     unregistered: [source: HttpRequestEventSource]
@@ -216,6 +280,8 @@ declare namespace fastifyEventSources {
     readonly openStreams: number
     /** Shared ping timers running now. */
     readonly pingTimers: number
+    /** A synchronous snapshot of this instance's counters and gauges, cheap enough for every scrape. */
+    metrics (): EventSourcesMetrics
     /** This instance only: a live object is never on another instance. */
     getByIdentifier (identifier: string): HttpRequestEventSource | undefined
     find (predicate: (identifier: string) => boolean): HttpRequestEventSource[]
@@ -343,6 +409,11 @@ declare namespace fastifyEventSources {
     closeGrace?: number | undefined
     /** Also read the last event id from this query parameter when the header is absent. Off by default. */
     lastEventIdQuery?: string | false | undefined
+    /**
+     * When true, `getEventSource()` on a request whose Accept header rules out `text/event-stream` throws
+     * FST_ERR_SSE_NOT_ACCEPTABLE (406) before touching the reply. Default false.
+     */
+    requireAccept?: boolean | undefined
   }
 
   /** The in-memory ring the default adapter keeps history in. */
@@ -368,6 +439,7 @@ declare namespace fastifyEventSources {
     FST_ERR_SSE_CLOSING: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_CLOSING', statusCode: 503 }>
     FST_ERR_SSE_PUBLISH_FAILED: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_PUBLISH_FAILED', statusCode: 503 }, [string]>
     FST_ERR_SSE_ADAPTER: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_ADAPTER', statusCode: 500 }, [string]>
+    FST_ERR_SSE_NOT_ACCEPTABLE: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_NOT_ACCEPTABLE', statusCode: 406 }>
   }
 
   export type { FastifyError }
