@@ -189,12 +189,14 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   #register (source: EventSource, identifier: string): void {
     this.#byId.get(identifier)?._end('replaced')
     this.#byId.set(identifier, source)
+    const lastEventId = source.lastEventId
+    const replays = lastEventId !== undefined && lastEventId !== ''
+    // Set before the listeners run: what a `registered` listener sends waits behind the replay, as the handler's sends do.
+    if (replays) source._replaying = true
     this.#emitSafely('registered', source)
     const adapter = this.#settings.adapter
     adapter.claim?.(identifier, source.openedAt)
-    const lastEventId = source.lastEventId
-    if (lastEventId === undefined || lastEventId === '') return
-    source._replaying = true
+    if (!replays || !source.isActive) return
     // Without history nothing the client missed can be sent: it gets the gap report, so that it reloads.
     const reading = adapter.hasHistory ? adapter.replay(lastEventId, identifier) : Promise.resolve({ messages: [], gap: true })
     reading.then(

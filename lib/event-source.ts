@@ -89,6 +89,8 @@ export class EventSource implements HttpRequestEventSource {
   /** frames queued since the queue was last packed */
   #loose = 0
   #headWritten = false
+  /** sentContentLength once the replay was handed to the response: what the socket holds of it is not the bound's */
+  #replayEnd = 0
   #appended: [string, string][] | undefined
   #abort: AbortController | undefined
   /** @internal what keepAlive() returns: one promise per source, however many wait on it */
@@ -353,10 +355,13 @@ export class EventSource implements HttpRequestEventSource {
       // Replay is bounded by the history size, not by maxBufferedBytes: it goes out whole, ahead of the queue.
       const chunk = frames.length === 1 ? frames[0] : joinFrames(frames, bytes)
       this.sentContentLength += chunk.length
+      this.#replayEnd = this.sentContentLength
       this.#ctx.metrics.bytes += chunk.length
       if (!this.#res.write(chunk)) this.#ctx.scheduler.watchDrain(this)
     }
+    // A waiter for room (sendAsync, stream()) that queued behind live copies the replay covered has no flush to wake it.
     if (this._queue !== null) this.#ctx.scheduler.defer(this)
+    else this.#settleDrainWaiters(true)
   }
 
   /** @internal true when the socket has room for another message now, false once the source ended, else a promise of either */
@@ -454,7 +459,11 @@ export class EventSource implements HttpRequestEventSource {
 
   #fits (bytes: number, kind: WriteKind, sliced = false): boolean {
     const settings = this.#ctx.settings
-    if (this.#out.writableLength + bytes <= settings.maxBufferedBytes) return true
+    let held = this.#out.writableLength
+    // The socket's buffer is first in, first out: its newest bytes are what was written after the replay, the rest
+    // is the replay, which is bounded by the history, not by maxBufferedBytes (a client just back reads it first).
+    if (this.#replayEnd > 0) held = Math.min(held, this.sentContentLength - this.#replayEnd)
+    if (held + bytes <= settings.maxBufferedBytes) return true
     if (settings.slowClient === 'drop') {
       if (kind === 'message') this.droppedMessages++
       else if (kind === 'ping') this.droppedPings++
@@ -530,8 +539,10 @@ export class EventSource implements HttpRequestEventSource {
     if (!this.#headWritten && !this.#out.destroyed) this.#writeHead()
     if (this._replaying) {
       // The client will ask again from its own last id: a half replay followed by live messages would skip some.
-      this._queue = null
-      this._queuedBytes = 0
+      // What the handler wrote itself (a terminate event before close(), say) is not in any history: it still goes.
+      const own = this._queue?.filter(frame => !framePositions.has(frame)) ?? []
+      this._queue = own.length > 0 ? own : null
+      this._queuedBytes = own.reduce((bytes, frame) => bytes + frame.length, 0)
       this._replaying = false
     }
     this._flushQueue(true)

@@ -204,7 +204,7 @@ declare namespace fastifyEventSources {
     close (): FastifyReply
     /** Resolves when the source stops being active. */
     keepAlive (): Promise<void>
-    /** As keepAlive, and closes the source after `timeoutMs` without a message sent. Never rejects. */
+    /** As keepAlive, and closes the source after `timeoutMs` without a message sent. Never rejects; throws FST_ERR_SSE_INVALID_FIELD at the call for a bad timeout. */
     waitForFail (timeoutMs: number): Promise<void>
     withPing (configure: (ping: PingPolicy) => void): this
     [Symbol.dispose] (): void

@@ -5,6 +5,14 @@ export { isAfter }
 import type { PublishedMessage, ReplayResult } from './history'
 
 const STREAM_ID = /^\d+-\d+$/
+const MAX_ID_PART = 2n ** 64n - 1n
+
+/** Whether Redis takes the id as a stream id: `<ms>-<seq>`, each part a 64-bit unsigned integer (it refuses larger ones). */
+function isStreamId (id: string): boolean {
+  if (!STREAM_ID.test(id)) return false
+  const dash = id.indexOf('-')
+  return BigInt(id.slice(0, dash)) <= MAX_ID_PART && BigInt(id.slice(dash + 1)) <= MAX_ID_PART
+}
 
 /** Entries read per XRANGE: a replay or a catch-up from far back never holds the whole backlog in one reply. */
 export const PAGE = 100
@@ -71,7 +79,7 @@ export class RedisStreamsHistory {
   async readAfter (lastEventId: string, identifier: string): Promise<ReplayResult> {
     let entries: Entry[] = []
     let gap = true
-    if (STREAM_ID.test(lastEventId)) {
+    if (isStreamId(lastEventId)) {
       // One round trip: is the id still held, and the first page after it.
       const results = await this.#client.multi()
         .xrange(this.#key, lastEventId, lastEventId)
