@@ -252,6 +252,7 @@ export class EventSource implements HttpRequestEventSource {
     if (position !== undefined) this._position = position
     this.sentContentLength += frame.length
     this.#ctx.metrics.accepted(kind, frame.length)
+    if (!this.#h2) this.#cork()
     if (!this.#res.write(frame)) this.#ctx.scheduler.watchDrain(this)
     return true
   }
@@ -297,6 +298,7 @@ export class EventSource implements HttpRequestEventSource {
     const chunk = queue.length === 1 ? queue[0] : joinFrames(queue, bytes)
     this.sentContentLength += chunk.length
     this.#ctx.metrics.bytes += chunk.length
+    if (!this.#h2) this.#cork()
     if (this.#res.write(chunk)) this.#settleDrainWaiters(true)
     else this.#ctx.scheduler.watchDrain(this)
   }
@@ -455,6 +457,13 @@ export class EventSource implements HttpRequestEventSource {
   /** Whether a published message comes after everything this source was given. */
   #advances (position: Position): boolean {
     return this._position === undefined || follows(position, this._position)
+  }
+
+  // Node's http layer corks the socket on a write and queues a tick per response to uncork it; corked already, it
+  // does neither, and the scheduler uncorks every socket of the tick at once.
+  #cork (): void {
+    const socket = this.#res.socket
+    if (socket !== null && socket.writableCorked === 0) this.#ctx.scheduler.cork(socket)
   }
 
   #fits (bytes: number, kind: WriteKind, sliced = false): boolean {

@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import type { EventSource, WriteKind } from './event-source'
 
@@ -28,6 +29,8 @@ export class WriteScheduler {
   // A fan-out that ran out of slice may have run in the poll phase; the check phase follows it at once, so the
   // first flush waits one more turn, letting the loop poll (answer other requests) between the two slices.
   #yieldFirst = false
+  // Sockets corked by writes of this tick, uncorked together by one tick instead of one per response.
+  #corked: Socket[] = []
 
   constructor (slice: number, drainTimeout: number) {
     this.slice = slice
@@ -60,6 +63,18 @@ export class WriteScheduler {
     }
     if (written >= CHECK_EVERY) process.nextTick(learn, this.#fanOutCost, start, written)
     return n
+  }
+
+  /** Holds a socket's writes until the end of this tick, as Node's http layer would, with one tick for all sockets. */
+  cork (socket: Socket): void {
+    socket.cork()
+    if (this.#corked.push(socket) === 1) process.nextTick(this.#uncork)
+  }
+
+  #uncork = (): void => {
+    const corked = this.#corked
+    this.#corked = []
+    for (let i = 0; i < corked.length; i++) corked[i].uncork()
   }
 
   defer (source: EventSource): void {
