@@ -566,7 +566,6 @@ export class EventSource implements HttpRequestEventSource {
     this.closeReason = reason
     const ctx = this.#ctx
     ctx.release(this)
-    ctx.scheduler.forget(this)
     this.#ping?.stop()
     if (this.#idle?.timer !== undefined) clearTimeout(this.#idle.timer)
     this.#idle = undefined

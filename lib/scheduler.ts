@@ -18,7 +18,9 @@ function learn (cost: { us: number }, start: number, writes: number): void {
 export class WriteScheduler {
   readonly slice: number
   readonly drainTimeout: number
-  #pending = new Set<EventSource>()
+  // In the order they were deferred. A source may appear twice (deferred again after an early flush): the later
+  // entry finds its queue empty. An ended source keeps its place until the flush, which skips it.
+  #pending: EventSource[] = []
   #scheduled = false
   #waiting = new Map<EventSource, number>()
   #sweeper: NodeJS.Timeout | undefined
@@ -78,7 +80,7 @@ export class WriteScheduler {
   }
 
   defer (source: EventSource): void {
-    this.#pending.add(source)
+    this.#pending.push(source)
     if (!this.#scheduled) {
       this.#scheduled = true
       setImmediate(this.#flush)
@@ -95,10 +97,12 @@ export class WriteScheduler {
     const start = performance.now()
     const deadline = start + this.slice
     const budget = this.#budget(this.#flushCost.us)
+    const pending = this.#pending
+    let next = 0
     let written = 0
     let ended = 0
-    for (const source of this.#pending) {
-      this.#pending.delete(source)
+    while (next < pending.length) {
+      const source = pending[next++]
       if (source._overBound) {
         // Ending a source that a deferred share pushed past the bound is slice work too, and most of a destroyed
         // socket's cost comes later, in its close events: a few per turn, whatever the measured write cost.
@@ -109,8 +113,10 @@ export class WriteScheduler {
       source._flushQueue()
       if (++written % CHECK_EVERY === 0 && (written >= budget || performance.now() >= deadline)) break
     }
+    // Sources deferred during this flush were pushed onto the same array, behind the rest.
+    this.#pending = next === pending.length ? [] : pending.slice(next)
     if (written >= CHECK_EVERY) process.nextTick(learn, this.#flushCost, start, written)
-    if (this.#pending.size > 0 && !this.#scheduled) {
+    if (this.#pending.length > 0 && !this.#scheduled) {
       this.#scheduled = true
       setImmediate(this.#flush)
     }
@@ -132,10 +138,6 @@ export class WriteScheduler {
   unwatchDrain (source: EventSource): void {
     this.#waiting.delete(source)
     if (this.#waiting.size === 0) this.#stopSweeper()
-  }
-
-  forget (source: EventSource): void {
-    this.#pending.delete(source)
   }
 
   get waitingForDrain (): number {
@@ -161,6 +163,6 @@ export class WriteScheduler {
 
   close (): void {
     this.#stopSweeper()
-    this.#pending.clear()
+    this.#pending = []
   }
 }
