@@ -239,15 +239,20 @@ export class EventSource implements HttpRequestEventSource {
   /** @internal the one path every frame takes to this source's socket */
   _write (frame: Buffer, kind: WriteKind): boolean {
     if (!this.#active || this._overBound) return false
-    if (this._queue !== null || this._replaying || this.#ctx.settings.batch || this.#out.writableLength >= SOFT_LIMIT) return this._enqueue(frame, kind)
+    // Read once: the response's writableLength adds up the socket's buffer on every read.
+    let held = this.#out.writableLength
+    if (this._queue !== null || this._replaying || this.#ctx.settings.batch || held >= SOFT_LIMIT) return this._enqueue(frame, kind)
     const position = kind === 'message' ? framePositions.get(frame) : undefined
     if (position !== undefined && !this.#advances(position)) return false
-    if (!this.#headWritten) this.#writeHead()
+    if (!this.#headWritten) {
+      this.#writeHead()
+      held = this.#out.writableLength
+    }
     if (this.#out.destroyed) {
       this.#end(kind === 'ping' ? 'ping-failed' : 'client', true)
       return false
     }
-    if (!this.#fits(frame.length, kind)) return false
+    if (!this.#fits(frame.length, kind, false, held)) return false
     if (kind === 'message' && this.#idle !== undefined) this.#idle.last = Date.now()
     if (position !== undefined) this._position = position
     this.sentContentLength += frame.length
@@ -466,9 +471,8 @@ export class EventSource implements HttpRequestEventSource {
     if (socket !== null && socket.writableCorked === 0) this.#ctx.scheduler.cork(socket)
   }
 
-  #fits (bytes: number, kind: WriteKind, sliced = false): boolean {
+  #fits (bytes: number, kind: WriteKind, sliced = false, held = this.#out.writableLength): boolean {
     const settings = this.#ctx.settings
-    let held = this.#out.writableLength
     // The socket's buffer is first in, first out: its newest bytes are what was written after the replay, the rest
     // is the replay, which is bounded by the history, not by maxBufferedBytes (a client just back reads it first).
     if (this.#replayEnd > 0) held = Math.min(held, this.sentContentLength - this.#replayEnd)
