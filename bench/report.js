@@ -239,8 +239,8 @@ function writeReport (results) {
     out.push('')
   }
 
-  // Written by bench/stalled-memory.js and bench/stream.js, runs of their own.
-  for (const name of ['stalled-memory.md', 'stream.md']) {
+  // Written by bench/stalled-memory.js, bench/stream.js, bench/topics.js and bench/runs.js, runs of their own.
+  for (const name of ['stalled-memory.md', 'stream.md', 'topics.md', 'runs.md']) {
     const file = path.join(__dirname, 'results', name)
     if (fs.existsSync(file)) {
       out.push(fs.readFileSync(file, 'utf8').trim())

@@ -16,7 +16,14 @@ export interface DemoOptions {
   historySize?: number
   /** The `fastify-event-sources/prometheus` plugin serving `GET /metrics`; defaults to the built package's. */
   prometheus?: unknown
+  /** Tokens in each of the assistant's answers. Default 300. */
+  answerTokens?: number
+  /** Ms between two tokens of an answer. Default 33 (about ten seconds an answer). */
+  tokenInterval?: number
 }
+
+/** The tokens of the fake model's answer to `question`. */
+export function fakeAnswer (question: string, count: number): string[]
 
 export function buildDemo (options?: DemoOptions & FastifyServerOptions): FastifyInstance
 export function buildDemo (options: DemoOptions & FastifyHttp2Options<Http2Server>): FastifyInstance

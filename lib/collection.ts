@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import type { Http2ServerRequest, Http2Session } from 'node:http2'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
-import type { AdapterHost } from './adapters/adapter'
+import type { AdapterHost, ControlMessage } from './adapters/adapter'
 import {
   FST_ERR_SSE_ALREADY_STREAMING, FST_ERR_SSE_CLOSING, FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD,
   FST_ERR_SSE_TOO_MANY_CONNECTIONS
@@ -13,12 +13,15 @@ import { Metrics } from './metrics'
 import type { Settings } from './options'
 import { parsePosition } from './position'
 import { PingScheduler } from './ping'
+import { MemoryRunStore, Runs } from './runs'
 import { WriteScheduler } from './scheduler'
 import { isTarget, type Target } from './target'
-import type { EventSourceCollection as PublicCollection, EventSourcesMetrics } from '../types/index'
+import { checkTopics, checkTopic, TopicIndex } from './topics'
+import type { EventSourcesMetrics, GetEventSourceOptions, RunOptions, RunProducer, RunResult, RunState, SourceSelector, EventSourceCollection as PublicCollection } from '../types/index'
 
 export interface BroadcastOptions extends SendOptions {
   filter?: (identifier: string) => boolean
+  topic?: string | string[]
 }
 
 export interface PublishOptions extends SendOptions {
@@ -39,19 +42,30 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   #ending = new Set<EventSource>()
   #perKey = new Map<string, number>()
   #closing = false
+  #topics = new TopicIndex<EventSource>()
   #ctx: SourceContext
   #log: FastifyBaseLogger
-  #metrics = new Metrics({ openStreams: () => this.#open.size, activeConnections: () => this.#byId.size })
+  #runs: Runs
+  #metrics = new Metrics({
+    openStreams: () => this.#open.size,
+    activeConnections: () => this.#byId.size,
+    topics: () => this.#topics.topicCount,
+    runs: () => this.#runs.running
+  })
 
   constructor (settings: Settings, log: FastifyBaseLogger) {
     super()
     this.#settings = settings
     this.#log = log
     const scheduler = new WriteScheduler(settings.fanOutSlice, settings.drainTimeout)
+    const adapter = settings.adapter
+    this.#runs = new Runs(settings, log, sink => adapter.runStore?.(sink) ?? new MemoryRunStore(sink, message => adapter.publish(message)))
     this.#ctx = {
+      runs: this.#runs,
       settings,
       scheduler,
       pings: new PingScheduler(scheduler),
+      topics: this.#topics,
       metrics: this.#metrics,
       release: source => this.#release(source)
     }
@@ -92,19 +106,39 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     return [...this.#byId.values()]
   }
 
-  /** Frames once and writes to every active identified source here (or those `filter` accepts). Live only: no history. */
+  /** @internal the topic index, for tests that measure it */
+  get _topics (): TopicIndex<EventSource> {
+    return this.#topics
+  }
+
+  /** This instance's sources following `topic`, identified or not. */
+  subscribers (topic: string): EventSource[] {
+    const followers = this.#topics.followers(checkTopic(topic))
+    return followers === undefined ? [] : [...followers]
+  }
+
+  /**
+   * Frames once and writes to every active identified source here (or those `filter` accepts), or to the
+   * followers of `topic`. Live only: no history.
+   */
   broadcast (data?: unknown, options?: BroadcastOptions): number {
+    const topic = options?.topic
+    const topics = topic === undefined ? undefined : checkTopics(topic, 'topic', true)
     const frame = messageFrame(data, options, this.#settings.serializer)
     const filter = options?.filter
-    if (filter === undefined) return this.#ctx.scheduler.fanOut(this.#byId.values(), frame, 'message')
-    if (typeof filter !== 'function') throw new FST_ERR_SSE_INVALID_FIELD('filter', 'must be a function (identifier) => boolean')
-    return this.#ctx.scheduler.fanOut(this.find(filter), frame, 'message')
+    if (filter !== undefined && typeof filter !== 'function') throw new FST_ERR_SSE_INVALID_FIELD('filter', 'must be a function (identifier) => boolean')
+    let targets: Iterable<EventSource> = topics === undefined ? this.#byId.values() : this.#topics.union(topics)
+    if (filter !== undefined) {
+      const passed: EventSource[] = []
+      for (const source of targets) if (source.identifier !== undefined && filter(source.identifier)) passed.push(source)
+      targets = passed
+    }
+    return this.#ctx.scheduler.fanOut(targets, frame, 'message')
   }
 
   /** Stores the message in history (when on) and delivers it to matching sources on every instance the adapter reaches. */
   async publish (data?: unknown, options?: PublishOptions): Promise<void> {
-    const to = options?.to
-    if (!isTarget(to)) throw new FST_ERR_SSE_INVALID_FIELD('to', 'must be an identifier string or { prefix: string }')
+    const to = publishTarget(options?.to)
     const key = options?.key
     if (key !== undefined && (typeof key !== 'string' || key === '' || key.length > 1024 || /[\r\n\0]/.test(key))) {
       throw new FST_ERR_SSE_INVALID_FIELD('key', 'must be a non-empty string of at most 1024 characters without CR, LF or NUL')
@@ -117,10 +151,61 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     if (event !== undefined) message.event = event
     if (id !== undefined) message.id = id
     if (retry !== undefined) message.retry = retry
-    if (to !== undefined) message.to = typeof to === 'string' ? to : { prefix: to.prefix }
+    if (to !== undefined) message.to = to
     if (key === undefined) await this.#settings.adapter.publish(message)
     else await this.#settings.adapter.publish(message, { key })
     this.#metrics.publish(message)
+  }
+
+  /** The sources matching `to` on every instance the adapter reaches follow `topics` from now on. */
+  async subscribe (to: SourceSelector, topics: string | string[]): Promise<void> {
+    await this.#control('subscribe', to, topics)
+  }
+
+  /** The sources matching `to` on every instance the adapter reaches stop following `topics`. */
+  async unsubscribe (to: SourceSelector, topics: string | string[]): Promise<void> {
+    await this.#control('unsubscribe', to, topics)
+  }
+
+  async #control (op: ControlMessage['op'], to: SourceSelector, topics: string | string[]): Promise<void> {
+    if (to === undefined || !isTarget(to)) throw new FST_ERR_SSE_INVALID_FIELD('to', 'must be an identifier string or { prefix: string }')
+    const message: ControlMessage = { op, to: typeof to === 'string' ? to : { prefix: to.prefix }, topics: checkTopics(topics) }
+    const adapter = this.#settings.adapter
+    if (adapter.control === undefined) this.#applyControl(message)
+    else await adapter.control(message)
+  }
+
+  #applyControl (message: ControlMessage): void {
+    const to = message.to
+    const sources = typeof to === 'string' ? [this.#byId.get(to)] : this.find(identifier => identifier.startsWith(to.prefix))
+    for (const source of sources) {
+      if (source === undefined) continue
+      if (message.op === 'subscribe') source.subscribe(message.topics)
+      else source.unsubscribe(message.topics)
+    }
+  }
+
+  /** Producers running on this instance. */
+  get runningRuns (): number {
+    return this.#runs.running
+  }
+
+  /**
+   * Runs a producer under `key`: each item is published to the topic `key` and kept in the run's log, which
+   * `follow(key)` reads on any instance; a final event ends it. One running producer per key everywhere.
+   */
+  run<T> (key: string, producer: RunProducer<T>, options?: RunOptions<T>): Promise<RunResult> {
+    return this.#runs.run(key, producer, options as RunOptions<unknown>)
+  }
+
+  /** Stops the run of `key` wherever its producer runs; true when a running run was found. */
+  cancel (key: string): Promise<boolean> {
+    return this.#runs.cancel(key)
+  }
+
+  /** `'running'`, `'ended'`, or undefined when there is nothing to follow (unknown, expired, or the client has the end). */
+  runState (key: string, lastEventId?: string): Promise<RunState | undefined> {
+    return this.#runs.state(key, lastEventId)
   }
 
   /** @internal the plugin's side of the adapter seam */
@@ -131,6 +216,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
         const source = this.#byId.get(identifier)
         if (source !== undefined && source.openedAt < openedAt) source._end('replaced')
       },
+      control: message => this.#applyControl(message),
       gap: (latestId, lastId) => this.#gap(latestId, lastId),
       identified: () => Array.from(this.#byId, ([identifier, source]) => [identifier, source.openedAt]),
       openedAt: identifier => this.#byId.get(identifier)?.openedAt,
@@ -139,11 +225,13 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   }
 
   /** @internal request.getEventSource() */
-  open (request: FastifyRequest, reply: FastifyReply, identifier: string | undefined, current: EventSource | null): EventSource {
+  open (request: FastifyRequest, reply: FastifyReply, identifier: string | undefined, current: EventSource | null, options?: GetEventSourceOptions): EventSource {
     if (current !== null) throw new FST_ERR_SSE_ALREADY_STREAMING()
     if (identifier !== undefined && typeof identifier !== 'string') {
       throw new FST_ERR_SSE_INVALID_FIELD('identifier', 'must be a string or undefined')
     }
+    if (options !== undefined && (typeof options !== 'object' || options === null)) throw new FST_ERR_SSE_INVALID_FIELD('options', 'must be an object { topics }')
+    const topics = options?.topics === undefined ? [] : checkTopics(options.topics)
     if (reply.sent) throw new FST_ERR_SSE_HEADERS_SENT('*')
     const settings = this.#settings
     if (clientGone(request)) {
@@ -181,6 +269,8 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       return source
     }
     if (identifier !== undefined) this.#register(source, identifier)
+    if (topics.length > 0) this.#topics.add(source, topics)
+    if (identifier !== undefined || topics.length > 0) this.#replay(source, topics)
     if (settings.ping !== undefined) source.ping.start()
     request.log.debug({ identifier, lastEventId: source.lastEventId }, 'event source opened')
     return source
@@ -196,9 +286,20 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     this.#emitSafely('registered', source)
     const adapter = this.#settings.adapter
     adapter.claim?.(identifier, source.openedAt)
-    if (!replays || !source.isActive) return
+  }
+
+  /** Topics declared at open are replayed with the identity's messages; later ones are live only. */
+  #replay (source: EventSource, topics: string[]): void {
+    const adapter = this.#settings.adapter
+    const identifier = source.identifier
+    const lastEventId = source.lastEventId
+    // A `registered` listener may have closed it already.
+    if (lastEventId === undefined || lastEventId === '' || !source.isActive) return
+    source._replaying = true
     // Without history nothing the client missed can be sent: it gets the gap report, so that it reloads.
-    const reading = adapter.hasHistory ? adapter.replay(lastEventId, identifier) : Promise.resolve({ messages: [], gap: true })
+    const reading = !adapter.hasHistory
+      ? Promise.resolve({ messages: [], gap: true })
+      : topics.length > 0 ? adapter.replay(lastEventId, identifier, topics) : adapter.replay(lastEventId, identifier)
     reading.then(
       result => source._finishReplay(result, this.#settings.resetEvent, lastEventId),
       err => {
@@ -232,6 +333,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       if (n > 0) this.#perKey.set(key, n)
       else this.#perKey.delete(key)
     }
+    this.#topics.removeAll(source)
     const identifier = source.identifier
     if (identifier !== undefined && this.#byId.get(identifier) === source) {
       this.#byId.delete(identifier)
@@ -249,6 +351,15 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       const source = this.#byId.get(to)
       if (source === undefined) return
       targets = [source]
+    } else if ('topic' in to) {
+      if (typeof to.topic === 'string') {
+        // A topic nobody here follows (a run's events, mostly): nothing to frame.
+        const followers = this.#topics.followers(to.topic)
+        if (followers === undefined) return
+        targets = followers
+      } else {
+        targets = this.#topics.union(to.topic)
+      }
     } else {
       const prefix = to.prefix
       targets = this.find(identifier => identifier.startsWith(prefix))
@@ -262,7 +373,13 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   /** Live delivery here missed messages no history holds: the reset event, as on a replay gap, to every identified source. */
   #gap (latestId: string | undefined, lastId: string | undefined): void {
     const frame = eventFrame({ event: this.#settings.resetEvent, id: latestId, data: JSON.stringify({ lastEventId: lastId ?? null }) })
-    this.#ctx.scheduler.fanOut(this.#byId.values(), frame, 'message')
+    this.#ctx.scheduler.fanOut(this.#publishedTo(), frame, 'message')
+  }
+
+  /** Every source a publish can reach here: the identified ones and the anonymous ones following a topic. */
+  * #publishedTo (): Iterable<EventSource> {
+    yield * this.#byId.values()
+    for (const source of this.#open) if (source.identifier === undefined && source.topics.size > 0) yield source
   }
 
   #lastEventId (request: FastifyRequest): string | undefined {
@@ -286,6 +403,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   /** @internal ends every open stream, waits up to closeGrace for their bytes to leave, then cuts the rest */
   async closeAll (): Promise<void> {
     this.#closing = true
+    await this.#runs.close()
     const sources = [...this.#open]
     for (const source of sources) source._end('shutdown')
     // Before Node 24 an HTTP/2 server's close() waits for every session to end, and a browser keeps its session
@@ -338,4 +456,14 @@ function runOnResponseOnClose (reply: FastifyReply, closed = false): void {
 function completeUnfinished (this: Completing): void {
   const completed = this[kCompleted]
   if (completed !== undefined && this.listeners('finish').includes(completed)) completed.call(this)
+}
+
+/** A publish target, checked and copied: nothing the caller keeps can change what is stored. */
+function publishTarget (to: unknown): Target {
+  if (typeof to === 'object' && to !== null && 'topic' in to) {
+    const topics = checkTopics((to as { topic: unknown }).topic, 'to.topic', true)
+    return { topic: typeof (to as { topic: unknown }).topic === 'string' ? topics[0] : topics }
+  }
+  if (!isTarget(to)) throw new FST_ERR_SSE_INVALID_FIELD('to', 'must be an identifier string, { prefix: string } or { topic: string | string[] }')
+  return typeof to === 'object' ? { prefix: to.prefix } : to
 }

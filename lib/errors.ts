@@ -13,3 +13,4 @@ export const FST_ERR_SSE_CLOSING = createError('FST_ERR_SSE_CLOSING', P + 'the s
 export const FST_ERR_SSE_PUBLISH_FAILED = createError('FST_ERR_SSE_PUBLISH_FAILED', P + 'publish failed: %s', 503)
 export const FST_ERR_SSE_ADAPTER = createError('FST_ERR_SSE_ADAPTER', P + 'adapter error: %s', 500)
 export const FST_ERR_SSE_NOT_ACCEPTABLE = createError('FST_ERR_SSE_NOT_ACCEPTABLE', P + 'the request\'s Accept header does not allow text/event-stream', 406)
+export const FST_ERR_SSE_RUN_EXISTS = createError('FST_ERR_SSE_RUN_EXISTS', P + 'a run is already going on for key "%s"', 409)

@@ -10,7 +10,9 @@ import { checkHeader, STREAM_HEADERS, type Settings } from './options'
 import { PingPolicy, type PingScheduler } from './ping'
 import { follows, later, parsePosition, type Position } from './position'
 import { pipe } from './producer'
+import type { Runs } from './runs'
 import type { WriteScheduler } from './scheduler'
+import { checkTopics, type TopicIndex } from './topics'
 import type { CloseReason, HttpRequestEventSource, ReplayInfo, SendOptions, StreamOptions, StreamSource } from '../types/index'
 
 export type WriteKind = 'message' | 'ping' | 'comment'
@@ -22,6 +24,8 @@ export interface SourceContext {
   settings: Settings
   scheduler: WriteScheduler
   pings: PingScheduler
+  topics: TopicIndex<EventSource>
+  runs: Runs
   metrics: Metrics
   release (source: EventSource): void
 }
@@ -180,6 +184,10 @@ export class EventSource implements HttpRequestEventSource {
     return pipe(this, source, options)
   }
 
+  follow (key: string): Promise<void> {
+    return this.#ctx.runs.follow(this, key)
+  }
+
   comment (text: string): boolean {
     if (typeof text !== 'string') throw new FST_ERR_SSE_INVALID_FIELD('comment', 'must be a string')
     if (!this.#active) return false
@@ -215,6 +223,22 @@ export class EventSource implements HttpRequestEventSource {
       this.#armIdle(timeoutMs)
     }
     return this.keepAlive()
+  }
+
+  get topics (): ReadonlySet<string> {
+    return this.#ctx.topics.topicsOf(this)
+  }
+
+  subscribe (topics: string | string[]): this {
+    const checked = checkTopics(topics)
+    if (this.#active) this.#ctx.topics.add(this, checked)
+    return this
+  }
+
+  unsubscribe (topics: string | string[]): this {
+    const checked = checkTopics(topics)
+    if (this.#active) this.#ctx.topics.remove(this, checked)
+    return this
   }
 
   withPing (configure: (ping: PingPolicy) => void): this {

@@ -5,7 +5,9 @@ import { EventSourceCollection } from './collection'
 import * as errors from './errors'
 import type { EventSource } from './event-source'
 import { MemoryHistory } from './history/memory'
+import { MemoryTopicHistory } from './history/memory-topics'
 import { normalizeOptions, type PluginOptions } from './options'
+import type { GetEventSourceOptions } from '../types/index'
 
 const kReply = Symbol('fastify-event-sources.reply')
 const kSource = Symbol('fastify-event-sources.source')
@@ -23,7 +25,7 @@ async function fastifyEventSources (fastify: FastifyInstance, options: PluginOpt
   fastify.decorate('eventSources', collection)
   fastify.decorateRequest(kReply as unknown as string, null)
   fastify.decorateRequest(kSource as unknown as string, null)
-  fastify.decorateRequest('getEventSource', function (this: FastifyRequest, identifier?: string) {
+  fastify.decorateRequest('getEventSource', function (this: FastifyRequest, identifier?: string, options?: GetEventSourceOptions) {
     const tagged = this as unknown as Tagged
     // A context made before the plugin was registered inherits the method but not the per-request slots (they are
     // undefined there, not null) nor the route wrapper: refuse rather than stream without them.
@@ -33,7 +35,7 @@ async function fastifyEventSources (fastify: FastifyInstance, options: PluginOpt
       throw new errors.FST_ERR_SSE_ADAPTER('getEventSource() needs the plugin\'s hooks; was the request routed before registration?')
     }
     if (settings.requireAccept && !acceptsEventStream(this.headers.accept)) throw new errors.FST_ERR_SSE_NOT_ACCEPTABLE()
-    const source = collection.open(this, reply, identifier, current)
+    const source = collection.open(this, reply, identifier, current, options)
     tagged[kSource] = source
     return source
   })
@@ -93,11 +95,12 @@ const plugin = fp(fastifyEventSources, { fastify: '5.x', name: 'fastify-event-so
 
 // Node finds the named exports of an ESM import by scanning this file's CommonJS output for `exports.name =`;
 // it cannot see through the Object.assign below, which is what actually holds the values.
-exports.default = exports.fastifyEventSources = exports.MemoryHistory = exports.errors = undefined
+exports.default = exports.fastifyEventSources = exports.MemoryHistory = exports.MemoryTopicHistory = exports.errors = undefined
 
 export = Object.assign(plugin, {
   default: plugin,
   fastifyEventSources: plugin,
   MemoryHistory,
+  MemoryTopicHistory,
   errors
 })

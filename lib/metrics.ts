@@ -11,9 +11,9 @@ export const CLOSE_REASONS: readonly CloseReason[] = [
 export interface Gauges {
   openStreams: () => number
   activeConnections: () => number
-  /** Local topics with a follower: 0 until topics exist. */
+  /** Local topics with a follower. */
   topics: () => number
-  /** Producers running here: 0 until runs exist. */
+  /** Producers running here (runs). */
   runs: () => number
 }
 

@@ -1,10 +1,10 @@
 import type { FastifyRequest } from 'fastify'
-import { FST_ERR_SSE_INVALID_OPTION } from './errors'
+import { FST_ERR_SSE_INVALID_FIELD, FST_ERR_SSE_INVALID_OPTION } from './errors'
 import type { Serializer } from './frame'
-import { MemoryHistory } from './history/memory'
+import { HISTORY_DEFAULTS, MemoryTopicHistory } from './history/memory-topics'
 import type { EventSourceAdapter } from './adapters/adapter'
 import { LocalAdapter } from './adapters/local'
-import type { FastifyEventSourcesOptions } from '../types/index'
+import type { FastifyEventSourcesOptions, RunOptions, RunSettings as PublicRunSettings, StreamOptions } from '../types/index'
 
 export type PluginOptions = FastifyEventSourcesOptions
 
@@ -91,10 +91,13 @@ export function normalizeOptions (options: PluginOptions = {}): Settings {
 
   let adapter = options.adapter
   const history = options.history
-  if (history !== undefined && history !== false && (typeof history !== 'object' || history === null)) fail('history', 'must be { size } or false')
-  const historySize = history === false ? 0 : count('history.size', history?.size, 1000, 1)
+  if (history !== undefined && history !== false && (typeof history !== 'object' || history === null)) fail('history', 'must be { size, topics, ttl } or false')
+  const historySize = history === false ? 0 : count('history.size', history?.size, HISTORY_DEFAULTS.size, 1)
+  if (historySize === Infinity) fail('history.size', 'must be a finite integer >= 1: it bounds memory')
+  const historyTopics = history === false ? 0 : count('history.topics', history?.topics, HISTORY_DEFAULTS.topics, 1)
+  const historyTtl = history === false ? 0 : count('history.ttl', history?.ttl, HISTORY_DEFAULTS.ttl, 1)
   if (adapter === undefined) {
-    adapter = new LocalAdapter(historySize > 0 ? new MemoryHistory(historySize) : undefined)
+    adapter = new LocalAdapter(historySize > 0 ? new MemoryTopicHistory({ size: historySize, topics: historyTopics, ttl: historyTtl }) : undefined)
   } else if (typeof adapter !== 'object' || adapter === null || typeof adapter.publish !== 'function' || typeof adapter.attach !== 'function') {
     fail('adapter', 'must be an adapter such as redisAdapter(...)')
   }
@@ -128,5 +131,37 @@ export function normalizeOptions (options: PluginOptions = {}): Settings {
     closeGrace: count('closeGrace', options.closeGrace, 1000, 0),
     lastEventIdQuery,
     requireAccept: options.requireAccept ?? false
+  }
+}
+
+/** A run's options, checked once at run(). */
+export interface RunSettings extends PublicRunSettings {
+  stream: StreamOptions<unknown> | undefined
+}
+
+export const RUN_DEFAULTS = { endEvent: 'end', ttl: 600_000, maxEvents: 10_000 } as const
+const MAX_TIMER = 2 ** 31 - 1
+
+function runCount (name: string, value: unknown, fallback: number, max: number): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > max) {
+    throw new FST_ERR_SSE_INVALID_FIELD(name, `must be an integer from 1 to ${max}, got ${String(value)}`)
+  }
+  return value
+}
+
+export function checkRunOptions (options: unknown): RunSettings {
+  if (options === undefined) return { ...RUN_DEFAULTS, abandonAfter: undefined, stream: undefined }
+  if (typeof options !== 'object' || options === null) throw new FST_ERR_SSE_INVALID_FIELD('options', 'must be an object { endEvent, ttl, maxEvents, abandonAfter, event, map }')
+  const o = options as RunOptions<unknown>
+  const endEvent = o.endEvent ?? RUN_DEFAULTS.endEvent
+  if (typeof endEvent !== 'string' || endEvent === '' || FORBIDDEN.test(endEvent)) throw new FST_ERR_SSE_INVALID_FIELD('endEvent', 'must be a non-empty string without CR, LF or NUL')
+  const stream = o.event === undefined && o.map === undefined ? undefined : { event: o.event, map: o.map } as StreamOptions<unknown>
+  return {
+    endEvent,
+    ttl: runCount('ttl', o.ttl, RUN_DEFAULTS.ttl, MAX_TIMER),
+    maxEvents: runCount('maxEvents', o.maxEvents, RUN_DEFAULTS.maxEvents, 10_000_000),
+    abandonAfter: o.abandonAfter === undefined ? undefined : runCount('abandonAfter', o.abandonAfter, 0, MAX_TIMER),
+    stream
   }
 }

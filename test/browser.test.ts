@@ -115,7 +115,7 @@ if (browserAvailable(t)) {
     const page = await openPage(t, demo.url)
     const tab = await tabOf(page)
     const [hello] = await waitForEvents(page, 'hello', 1)
-    t.same(JSON.parse(hello.data), { tab, resumedFrom: null })
+    t.same(JSON.parse(hello.data), { tab, resumedFrom: null, rooms: [] })
     const [connections] = await waitForEvents(page, 'connections', 1)
     t.equal(JSON.parse(connections.data).count, 1)
 
@@ -300,6 +300,45 @@ if (browserAvailable(t)) {
     }), url)
     t.same(got, ['first', 'resumed after one'])
     t.same(methods, ['GET', 'GET'], 'Last-Event-ID is sent cross-origin without an OPTIONS preflight')
+  })
+
+  t.test('rooms: a tab joins and leaves rooms, publishes to a room, and a reconnect replays only its rooms', async t => {
+    const demo = await startDemo(t)
+    const page = await openPage(t, demo.url)
+    const tab = await tabOf(page)
+    await waitForEvents(page, 'hello', 1)
+    const button = (room: string) => page.locator(`#rooms button[data-room="${room}"]`)
+    for (const room of ['dev', 'lobby', 'lobby']) {
+      const pressed = await button(room).getAttribute('aria-pressed')
+      await button(room).click()
+      await page.locator(`#rooms button[data-room="${room}"][aria-pressed="${String(pressed !== 'true')}"]`).waitFor()
+    }
+    t.same([...demo.app.eventSources.getByIdentifier('tab:' + tab)?.topics ?? []], ['room:dev'], 'joined dev, joined and left lobby')
+
+    await page.locator('#room-target').selectOption('dev')
+    await page.locator('#room-text').fill('hello dev 🛠')
+    await page.locator('#room-text').press('Enter')
+    await demo.post('/rooms/random/messages', { text: 'not for this tab', from: 'test' })
+    const [live] = await waitForEvents(page, 'room', 1)
+    t.same({ ...JSON.parse(live.data), at: undefined }, { room: 'dev', text: 'hello dev 🛠', from: tab, at: undefined })
+
+    const release = demo.hold()
+    await demo.post(`/tabs/${tab}/drop`, { hold: 0 })
+    await until(() => demo.requestsFor(tab).length === 2, 5000, 'the browser to reconnect')
+    for (const room of ['dev', 'random', 'lobby', 'dev']) await demo.post(`/rooms/${room}/messages`, { text: `missed in ${room}`, from: 'test' })
+    release()
+    await waitForEvents(page, 'hello', 2)
+    await sleep(SILENCE)
+
+    const rooms = await eventsOf(page, 'room')
+    t.same(rooms.map(e => [JSON.parse(e.data).room, JSON.parse(e.data).text, e.replayed]), [
+      ['dev', 'hello dev 🛠', false],
+      ['dev', 'missed in dev', true],
+      ['dev', 'missed in dev', true]
+    ], 'only its room, each missed message once, before the live ones')
+    t.equal(new Set(rooms.map(e => e.lastEventId)).size, 3, 'no id twice')
+    t.equal(await page.locator('#room-log li.replayed').count(), 2)
+    t.equal(await button('dev').getAttribute('aria-pressed'), 'true', 'the page still shows the room joined')
   })
 
   t.test('screenshot of the demo with two tabs, a replay and a multi-line message', async t => {

@@ -3,7 +3,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import eventSources from '../lib/index'
 import redisAdapter from '../lib/adapters/redis'
-import { APPEND_AND_PUBLISH, RedisStreamsHistory, isAfter } from '../lib/history/redis-streams'
+import { APPEND_AND_PUBLISH, RedisStreamsHistory, appendArguments, isAfter, streamKeys } from '../lib/history/redis-streams'
 import type { RedisAdapterOptions } from '../types/redis'
 import { start, until } from './helpers/server'
 import { readEvents, type EventStream } from './helpers/read-events'
@@ -91,7 +91,7 @@ if (!hasRedisServer) {
     const control = redis.client(t)
     const [id] = await subscriberIds(control, b.name)
     const pipeline = control.pipeline().client('KILL', 'ID', id)
-    for (let n = 0; n < 30; n++) pipeline.eval(APPEND_AND_PUBLISH, 1, prefix + 'stream', 4, JSON.stringify({ data: `m${n}` }), prefix + 'messages')
+    for (let n = 0; n < 30; n++) pipeline.eval(APPEND_AND_PUBLISH, ...appendArguments(streamKeys(prefix), prefix + 'messages', { data: `m${n}` }, { maxLen: 4, maxTopics: 0, ttl: 0 }))
     await pipeline.exec()
     const held = await stored(control, prefix)
     const newest = held.at(-1)?.[0]
@@ -392,7 +392,7 @@ if (hasRedisServer) {
   test('continuity: whether a stream still holds everything after an id it no longer holds', async t => {
     const redis = await PrivateRedis.start(t)
     const control = redis.client(t)
-    const history = new RedisStreamsHistory(control, 'cont')
+    const history = new RedisStreamsHistory(control, { ...streamKeys('cont:'), log: 'cont' })
     t.same(await history.continuity('0-0'), { gap: false, latestId: undefined }, 'no stream, nothing delivered: nothing lost')
     t.same(await history.continuity('5-0'), { gap: true, latestId: undefined }, 'no stream after an id was delivered: lost')
     for (let n = 1; n <= 6; n++) await control.xadd('cont', `${n}-0`, 'm', '{"data":"x"}')

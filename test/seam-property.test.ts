@@ -181,7 +181,7 @@ async function run (t: Test, seed: number, nodes: Node[], plans: Plan[], s: Scen
         if (typeof p.to === 'string') query.set('to', p.to)
         done = fetch(`${url}/pub?${query.toString()}`, { method: 'POST' })
       } else {
-        done = app.eventSources.publish(data, { to: typeof p.to === 'object' ? { prefix: p.to.prefix } : p.to })
+        done = app.eventSources.publish(data, { to: typeof p.to === 'object' && 'prefix' in p.to ? { prefix: p.to.prefix } : p.to })
       }
       if (p.awaited) await done
       else pending.push(done)

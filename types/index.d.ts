@@ -12,14 +12,16 @@ declare module 'fastify' {
     /**
      * Turns this request into a long-lived event stream (the reply is hijacked). With an identifier, the
      * source is registered in `fastify.eventSources` and closes any older source with the same identifier.
+     * Topics declared here are followed from the start and are part of a Last-Event-ID replay.
      * @throws FST_ERR_SSE_ALREADY_STREAMING on a second call for the same request
      * @throws FST_ERR_SSE_TOO_MANY_CONNECTIONS (503, with Retry-After set) beyond a connection limit
+     * @throws FST_ERR_SSE_INVALID_FIELD for a bad identifier or topic, before anything is written
      * @throws FST_ERR_SSE_ADAPTER on a route of a context made before the plugin was registered
      * @throws FST_ERR_SSE_NOT_ACCEPTABLE (406, the reply not hijacked) with `requireAccept: true`, when the
      * request's Accept header rules out `text/event-stream`
      * @typeParam Events an event map (event name → data type) that `send` checks; untyped when absent
      */
-    getEventSource<Events extends object = fastifyEventSources.AnyEvents> (identifier?: string): fastifyEventSources.HttpRequestEventSource<Events>
+    getEventSource<Events extends object = fastifyEventSources.AnyEvents> (identifier?: string, options?: fastifyEventSources.GetEventSourceOptions): fastifyEventSources.HttpRequestEventSource<Events>
     /**
      * Whether the request's Accept header allows `text/event-stream` (RFC 9110: q-values, wildcards, the most
      * specific range wins). No Accept header accepts anything; an empty one accepts nothing.
@@ -44,6 +46,12 @@ declare namespace fastifyEventSources {
     /** Reconnection delay in ms for the client; a non-negative integer. */
     retry?: number | undefined
   }
+
+  /**
+   * A topic: a non-empty string of at most 1,024 UTF-16 code units without CR, LF or NUL. Anything else throws
+   * FST_ERR_SSE_INVALID_FIELD.
+   */
+  export type Topic = string
 
   /**
    * The event map of untyped use: any event name, any data. An event map is an interface or type whose keys are
@@ -76,6 +84,21 @@ declare namespace fastifyEventSources {
       ? Options & { data?: unknown }
       : { [K in keyof Events & string]: Omit<Options, 'event'> & { data: Events[K] } & (K extends 'message' ? { event?: K | undefined } : { event: K }) }[keyof Events & string]
 
+  /**
+   * A topic: a non-empty string of at most 1,024 UTF-16 code units without CR, LF or NUL. Anything else throws
+   * FST_ERR_SSE_INVALID_FIELD.
+   */
+  export type Topic = string
+
+  /** Identified sources: one identifier, or every identifier with a prefix. */
+  export type SourceSelector = string | { prefix: string }
+
+  /**
+   * Who a published message is for: one identifier, every identifier with a prefix, the followers of one or
+   * more topics (identified or not; each once), or (absent) every identified source.
+   */
+  export type PublishTarget = SourceSelector | { topic: Topic | Topic[] }
+
   /** What `stream()` pulls from: an async iterable, an iterable (not a string), a Node Readable or a Web ReadableStream. */
   export type StreamSource<T> = (AsyncIterable<T> | Iterable<T> | Readable | ReadableStream<T>) & NotAString
 
@@ -106,8 +129,105 @@ declare namespace fastifyEventSources {
   /** Who a published message is for: one identifier, every identifier with a prefix, or (absent) every identified source. */
   export type PublishTarget = string | { prefix: string }
 
+  /** The followers of one or more topics, identified or not, each once. */
+  export interface TopicTarget {
+    topic: Topic | Topic[]
+  }
+
+  /** Identified sources: one identifier, or every identifier with a prefix. */
+  export type SourceSelector = PublishTarget
+  /** What a run pulls from: a source as for `stream()`, or a function given the run's signal that returns one. */
+  export type RunProducer<T> = StreamSource<T> | ((signal: AbortSignal) => StreamSource<T>)
+
+  /** A run is going on, or it ended and its events are still kept (within its ttl). */
+  export type RunState = 'running' | 'ended'
+
+  /** The `reason` of a run's end event: `'lost'` when the instance running the producer died. */
+  export type RunEndReason = 'done' | 'cancelled' | 'error' | 'lost'
+
+  export interface RunResult {
+    /** Items published (the end event not counted). */
+    sent: number
+    /** `'done'`: the producer finished; `'cancelled'`: cancel(), abandonAfter or shutdown; `'error'`: it threw, or an item or a store failed. */
+    reason: 'done' | 'cancelled' | 'error'
+    /** With `'error'`: what went wrong. */
+    error?: unknown
+  }
+
+  export interface RunOptions<T = unknown> {
+    /** Names every item's event (as for stream()). No CR, LF or NUL. */
+    event?: string
+    /** Turns an item into a message or skips it, as for stream(); an `id` it returns is ignored (a run numbers its events). */
+    map? (item: StreamItem<T>): StreamMessage | undefined
+    /** The final event's name; its data is `{"reason": "…"}`. Default `'end'`. */
+    endEvent?: string
+    /** How long (ms) the run's events are kept after its end. Default 600000 (10 minutes). */
+    ttl?: number
+    /** Events kept for the run (the oldest go first; a follower from before them gets the reset event). Default 10000. */
+    maxEvents?: number
+    /** Cancel the run once it has had no follower for this long (ms). Default: a run never stops for lack of followers. */
+    abandonAfter?: number
+  }
+
+  /** One stored event of a run: its place in the run (1, 2, …; the end event is the last) and the message. */
+  export interface RunEntry {
+    n: number
+    message: PublishedMessage
+    end: boolean
+  }
+
+  /** A piece of a run's log, read for a follower. */
+  export interface RunPage {
+    entries: RunEntry[]
+    /** Events between the requested id and the first entry are no longer held. */
+    gap: boolean
+    /** The place of the event after the last one returned (or after the requested id when none is). */
+    next: number
+    /** More entries are held after this page. */
+    more: boolean
+    /** The requested id is the end event's (or after it): nothing more will come. */
+    ended: boolean
+  }
+
+  /** Settings of one run, as a store needs them. */
+  export interface RunSettings {
+    endEvent: string
+    ttl: number
+    maxEvents: number
+    abandonAfter: number | undefined
+  }
+
+  /** What a run store calls on each instance. */
+  export interface RunSink {
+    deliver (key: string, entry: RunEntry): void
+    cancelled (key: string): boolean
+    /** The producer's instance is gone: end the run with `'lost'`. */
+    lost (key: string): void
+    log: FastifyBaseLogger
+  }
+
+  /** Where runs are kept and how their events and cancels reach every instance (an adapter may bring one). */
+  export interface RunStore {
+    /** ms between two beats of the shared timer */
+    readonly beatInterval: number
+    /** Takes `key` for a new run, forgetting an ended one; false while a run holds it anywhere. */
+    begin (key: string, settings: RunSettings): Promise<boolean>
+    /** Stores an event, then has `sink.deliver` called with it on every instance. */
+    append (key: string, entry: RunEntry, settings: RunSettings): Promise<void>
+    /** Stores and delivers the end event unless the run has one; keeps the log `ttl` ms; lets go of `key`. An entry `n` of 0 is numbered by the store. */
+    finish (key: string, entry: RunEntry, settings: RunSettings): Promise<boolean>
+    /** Up to `limit` entries after the event `after` (from the start when absent or not of this run); undefined for an unknown or expired run. */
+    read (key: string, after: string | undefined, limit: number): Promise<RunPage | undefined>
+    state (key: string): Promise<{ state: RunState, endId: string | undefined } | undefined>
+    /** Asks the instance that runs `key` to stop it; true when a running run was found. */
+    cancel (key: string): Promise<boolean>
+    /** The shared timer: runs going on here (renew), runs followed here; resolves with running keys followed elsewhere. */
+    beat (running: readonly string[], followed: readonly string[]): Promise<readonly string[] | undefined>
+    close (): Promise<void>
+  }
+
   export interface PublishOptions extends SendOptions {
-    to?: PublishTarget | undefined
+    to?: PublishTarget | TopicTarget | undefined
     /**
      * An idempotency key: a publish retried with the same key while history still holds the first one's message
      * is stored and delivered once (on every instance). Non-empty, no CR, LF or NUL, at most 1024 characters.
@@ -117,8 +237,15 @@ declare namespace fastifyEventSources {
   }
 
   export interface BroadcastOptions extends SendOptions {
-    /** Only sources whose identifier passes receive the message. */
+    /** Only sources whose identifier passes receive the message (with `topic`, anonymous followers are left out). */
     filter?: ((identifier: string) => boolean) | undefined
+    /** Only this instance's followers of this topic (or of any of these), each once, identified or not. */
+    topic?: Topic | Topic[] | undefined
+  }
+
+  export interface GetEventSourceOptions {
+    /** Topics to follow from the start; their messages after a Last-Event-ID are replayed on reconnect. */
+    topics?: Topic | Topic[] | undefined
   }
 
   export interface ReplayInfo {
@@ -170,6 +297,17 @@ declare namespace fastifyEventSources {
     readonly state: Record<string, unknown>
     /** This source's ping policy (the plugin's `ping` option sets its defaults and starts it). */
     readonly ping: PingPolicy
+    /** The topics this source follows now; empty once it has ended. */
+    readonly topics: ReadonlySet<Topic>
+
+    /**
+     * Follows more topics: live messages from now on (only topics declared at open are replayed on reconnect).
+     * Does nothing on an ended source.
+     * @throws FST_ERR_SSE_INVALID_FIELD for a bad topic, before anything changes
+     */
+    subscribe (topics: Topic | Topic[]): this
+    /** Stops following topics. Does nothing on an ended source. @throws FST_ERR_SSE_INVALID_FIELD for a bad topic */
+    unsubscribe (topics: Topic | Topic[]): this
 
     /** @throws FST_ERR_SSE_HEADERS_SENT after the head was written; FST_ERR_SSE_INVALID_HEADER for a bad name or value */
     appendHeader (name: string, value: string): this
@@ -196,6 +334,13 @@ declare namespace fastifyEventSources {
      * FST_ERR_SSE_SERIALIZATION. Give the producer `signal` so it can stop its own work too.
      */
     stream<T> (source: StreamSource<T>, options?: StreamOptions<T>): Promise<number>
+    /**
+     * Follows the run `key`: its events from the start, or after this source's Last-Event-ID, written in bounded
+     * pieces, then live; the source is closed after the end event, and the promise resolves then (or when the
+     * source ends first). An unknown or expired run closes the source at once: check `eventSources.runState()`
+     * first to answer 204 instead. Rejects with FST_ERR_SSE_INVALID_FIELD for a bad key.
+     */
+    follow (key: string): Promise<void>
     /** Writes a comment (`: text`), invisible to the client's handlers. */
     comment (text: string): boolean
     /** Writes the response head now, so the client's `open` fires. */
@@ -217,9 +362,9 @@ declare namespace fastifyEventSources {
     openStreams: number
     /** Gauge: active identified sources on this instance. */
     activeConnections: number
-    /** Gauge: local topics with at least one follower (0 while the plugin has no topics). */
+    /** Gauge: local topics with at least one follower. */
     topics: number
-    /** Gauge: producers running on this instance (0 while the plugin has no runs). */
+    /** Gauge: producers running on this instance (`run()`). */
     runs: number
     /** Streams opened (every successful `getEventSource()`). */
     opened: number
@@ -282,6 +427,22 @@ declare namespace fastifyEventSources {
     readonly pingTimers: number
     /** A synchronous snapshot of this instance's counters and gauges, cheap enough for every scrape. */
     metrics (): EventSourcesMetrics
+    /** Run producers going on on this instance. */
+    readonly runningRuns: number
+    /**
+     * Runs a producer under `key`: each item is published to the topic `key` and kept in the run's log, in order;
+     * a final event (`endEvent`, data `{"reason": "…"}`) ends it. Resolves when the run is over; rejects with
+     * FST_ERR_SSE_RUN_EXISTS while a run of `key` goes on on any instance, FST_ERR_SSE_INVALID_FIELD for a bad
+     * key or option.
+     */
+    run<T> (key: string, producer: RunProducer<T>, options?: RunOptions<T>): Promise<RunResult>
+    /** Stops the run of `key` wherever its producer runs (its signal aborts); true when a running run was found. */
+    cancel (key: string): Promise<boolean>
+    /**
+     * `'running'` or `'ended'`; undefined when there is nothing to follow: an unknown or expired key, or, given the
+     * client's Last-Event-ID, an ended run whose end event it already has. Answer 204 then.
+     */
+    runState (key: string, lastEventId?: string): Promise<RunState | undefined>
     /** This instance only: a live object is never on another instance. */
     getByIdentifier (identifier: string): HttpRequestEventSource | undefined
     find (predicate: (identifier: string) => boolean): HttpRequestEventSource[]
@@ -296,6 +457,15 @@ declare namespace fastifyEventSources {
      * `publish<ChatEvents>(data, { event })` checks the event and its data against an event map.
      */
     publish<Events extends object = AnyEvents> (...args: EventArgs<NoInfer<Events>, PublishOptions>): Promise<void>
+    /** This instance's sources following `topic`, identified or not. */
+    subscribers (topic: Topic): HttpRequestEventSource[]
+    /**
+     * The sources matching `to` on every instance follow `topics` from now on (live only). Resolves once this
+     * instance's have joined; other instances apply it when the adapter delivers it.
+     */
+    subscribe (to: SourceSelector, topics: Topic | Topic[]): Promise<void>
+    /** The sources matching `to` on every instance stop following `topics`. */
+    unsubscribe (to: SourceSelector, topics: Topic | Topic[]): Promise<void>
     on<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
     off<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
     once<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
@@ -307,7 +477,7 @@ declare namespace fastifyEventSources {
     event?: string
     id?: string
     retry?: number
-    to?: PublishTarget
+    to?: PublishTarget | TopicTarget
     /**
      * The store's order key, `<int>-<int>` compared as numbers (memory history: `<epoch ms>-<seq>`; Redis: the
      * stream id). Equal to `id` unless an explicit id was given to publish. A source is never written a message
@@ -334,12 +504,26 @@ declare namespace fastifyEventSources {
      * the message it is given, so live delivery can tell a copy of a replayed message.
      */
     append (message: PublishedMessage): string | Promise<string>
-    readAfter (lastEventId: string, identifier: string): ReplayResult | Promise<ReplayResult>
+    /**
+     * Every held message after `lastEventId` for a source with this identifier (undefined: an anonymous source)
+     * following `topics` (those declared at open), in publish order, each once. A store written before topics
+     * existed may ignore `topics`: topic messages are then simply not replayed.
+     */
+    readAfter (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): ReplayResult | Promise<ReplayResult>
+  }
+
+  /** A subscribe or unsubscribe for the sources matching `to`, carried to every instance. */
+  export interface ControlMessage {
+    op: 'subscribe' | 'unsubscribe'
+    to: SourceSelector
+    topics: Topic[]
   }
 
   export interface AdapterHost {
     deliver (message: PublishedMessage): void
     closeOlder (identifier: string, openedAt: number): void
+    /** Applies a subscribe or unsubscribe to this instance's sources. */
+    control (message: ControlMessage): void
     /**
      * Live delivery on this instance missed messages the history no longer holds: every identified source here
      * gets the reset event (`id:` latestId, data `{"lastEventId": lastId}`, lastId being where the loss began).
@@ -363,8 +547,15 @@ declare namespace fastifyEventSources {
     readonly hasHistory: boolean
     attach (host: AdapterHost): void | Promise<void>
     publish (message: PublishedMessage, options?: AdapterPublishOptions): Promise<void>
-    replay (lastEventId: string, identifier: string): Promise<ReplayResult>
+    replay (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): Promise<ReplayResult>
     claim? (identifier: string, openedAt: number): void
+    /**
+     * Carries a subscribe or unsubscribe to every instance, this one included (`host.control`). Without it,
+     * `eventSources.subscribe()` applies to this instance only.
+     */
+    control? (message: ControlMessage): Promise<void>
+    /** Where runs are kept across instances; without it, each instance keeps its own runs in memory. */
+    runStore? (sink: RunSink): RunStore
     close (): Promise<void>
   }
 
@@ -389,8 +580,13 @@ declare namespace fastifyEventSources {
     maxConnectionsPerKey?: number | undefined
     /** The key counted by maxConnectionsPerKey. Default the client IP. */
     connectionKey?: ((request: FastifyRequest) => string) | undefined
-    /** Last-Event-ID history for publish: `{ size }` (default 1000) or false. Ignored with an adapter that brings its own. */
-    history?: { size?: number | undefined } | false | undefined
+    /**
+     * Last-Event-ID history for publish, or false. Ignored with an adapter that brings its own.
+     * - `size`: messages kept per topic, and for the messages to no topic. Default 1000.
+     * - `topics`: topic histories kept; past it the least recently published is dropped. Default 1000.
+     * - `ttl`: a topic history with nothing published for this long (ms) is dropped. Default 3600000 (1 h).
+     */
+    history?: { size?: number | undefined, topics?: number | undefined, ttl?: number | undefined } | false | undefined
     /** Event name sent first when a Last-Event-ID is not in history. Default 'reset'. */
     resetEvent?: string | undefined
     /** How publish reaches other instances. Default: this process only. */
@@ -416,7 +612,7 @@ declare namespace fastifyEventSources {
     requireAccept?: boolean | undefined
   }
 
-  /** The in-memory ring the default adapter keeps history in. */
+  /** One in-memory ring for every message (no per-topic retention); the default is MemoryTopicHistory. */
   export class MemoryHistory implements HistoryStore {
     constructor (size: number, epoch?: number)
     readonly size: number
@@ -425,7 +621,23 @@ declare namespace fastifyEventSources {
     append (message: PublishedMessage, key?: string): string
     /** The id of the held message published with this idempotency key, if any. */
     keyed (key: string): string | undefined
-    readAfter (lastEventId: string, identifier: string): ReplayResult
+    readAfter (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): ReplayResult
+  }
+
+  /** The default history: one ring per topic plus one for the rest, ids from one sequence. */
+  export class MemoryTopicHistory implements HistoryStore {
+    constructor (options?: { size?: number | undefined, topics?: number | undefined, ttl?: number | undefined, epoch?: number | undefined })
+    readonly size: number
+    readonly maxTopics: number
+    readonly ttl: number
+    readonly epoch: string
+    /** Topic histories held now. */
+    readonly topicCount: number
+    /** Stores the message; a key is remembered (see `keyed`) while the message is held. */
+    append (message: PublishedMessage, key?: string): string
+    /** The id of the held message published with this idempotency key, if any. */
+    keyed (key: string): string | undefined
+    readAfter (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): ReplayResult
   }
 
   export const errors: {
@@ -440,6 +652,7 @@ declare namespace fastifyEventSources {
     FST_ERR_SSE_PUBLISH_FAILED: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_PUBLISH_FAILED', statusCode: 503 }, [string]>
     FST_ERR_SSE_ADAPTER: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_ADAPTER', statusCode: 500 }, [string]>
     FST_ERR_SSE_NOT_ACCEPTABLE: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_NOT_ACCEPTABLE', statusCode: 406 }>
+    FST_ERR_SSE_RUN_EXISTS: FastifyErrorConstructor<{ code: 'FST_ERR_SSE_RUN_EXISTS', statusCode: 409 }, [string]>
   }
 
   export type { FastifyError }

@@ -18,8 +18,12 @@ declare namespace redisAdapter {
      * With history, a published message's id is its stream id (an `id` passed to publish is replaced).
      * `keyTtl` (ms, default 3600000) bounds how long an idempotency key is remembered, at most as long as
      * the stream holds its message. With `false`, a client resuming with a Last-Event-ID gets the reset event.
+     * Messages to topics are also kept in one stream per topic (`<prefix>topic:<topic>`), and the rest in
+     * `<prefix>plain`, each trimmed exactly to `maxLen`: a busy topic never evicts another's history.
+     * `topics` (default 1000, or Infinity) bounds how many topic streams are kept, least recently published
+     * dropped first; `ttl` (ms, default 3600000, or Infinity) drops a topic stream idle that long.
      */
-    history?: { maxLen?: number | undefined, keyTtl?: number | undefined } | false | undefined
+    history?: { maxLen?: number | undefined, keyTtl?: number | undefined, topics?: number | undefined, ttl?: number | undefined } | false | undefined
     /** Milliseconds a publish (or a replay read) may wait for Redis before it fails. Default 2000. */
     publishTimeout?: number | undefined
     /**
@@ -27,6 +31,12 @@ declare namespace redisAdapter {
      * Default 5000: keep it below Fastify's `pluginTimeout` (10000 by default), which would fire first.
      */
     connectTimeout?: number | undefined
+    /**
+     * Resumable runs: `lease` (ms, default 10000) is how long a producer's hold on its key lasts without renewal
+     * (renewed at every beat, a quarter of it). When the instance running a producer dies, followers elsewhere get
+     * the end event with reason 'lost' within about `lease` plus one beat (about 12 s by default, under 15 s).
+     */
+    runs?: { lease?: number | undefined } | undefined
   }
 
   export interface RedisAdapter extends EventSourceAdapter {
@@ -37,6 +47,8 @@ declare namespace redisAdapter {
     readonly messageChannel: string
     /** `<prefix>claims`: the channel that tells other instances an identifier was opened here. */
     readonly claimChannel: string
+    /** `<prefix>control`: the channel that carries `eventSources.subscribe()` / `unsubscribe()` to other instances. */
+    readonly controlChannel: string
   }
 
   export const RedisAdapter: new (options?: RedisAdapterOptions) => RedisAdapter

@@ -107,6 +107,7 @@ import { connect as openStream } from '/client/index.js'
     // reconnect of the same page through the Last-Event-ID header. `terminate` closes it for good.
     const events = openStream('/events?tab=' + encodeURIComponent(demo.tab), { terminateEvent: 'terminate' })
     demo.es = events
+    window.demoRooms?.attach(events, record)
     // Feed events before `hello` are the replay: the server queues everything it sends behind it.
     let catchingUp = true
     let caughtUp = 0

@@ -1,9 +1,13 @@
 import { randomUUID } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
 import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_INVALID_OPTION, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
-import { APPEND_AND_PUBLISH, PAGE, RedisStreamsHistory, decode, decodeEntries, encode } from '../history/redis-streams'
+import { APPEND_AND_PUBLISH, PAGE, RedisStreamsHistory, appendArguments, decode, decodeEntries, encode, streamKeys, type StreamKeys } from '../history/redis-streams'
 import { isAfter } from '../position'
-import type { AdapterHost, AdapterPublishOptions, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
+import { isTarget } from '../target'
+import { checkTopics } from '../topics'
+import type { AdapterHost, AdapterPublishOptions, ControlMessage, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
+import type { RunSink } from '../runs'
+import { RedisRunStore } from './redis-runs'
 import type { RedisAdapterOptions } from '../../types/redis'
 
 // Fail fast instead of queueing while Redis is away: a queued publish would hang, then arrive late and out of order.
@@ -35,6 +39,10 @@ function positive (name: string, value: unknown, fallback: number): number {
   return value
 }
 
+function unbounded (name: string, value: unknown, fallback: number): number {
+  return value === Infinity ? 0 : positive(name, value, fallback)
+}
+
 function sleep (ms: number): Promise<void> {
   return new Promise(resolve => setTimeout(resolve, ms).unref())
 }
@@ -55,12 +63,18 @@ class RedisAdapter implements EventSourceAdapter {
   readonly streamKey: string
   readonly messageChannel: string
   readonly claimChannel: string
+  readonly controlChannel: string
+  #keys: StreamKeys
+  #maxTopics: number
+  #topicTtl: number
   #userClient: Redis | undefined
   #url: string | undefined
   #maxLen: number
   #keyTtl: number
   #timeout: number
   #connectTimeout: number
+  #runLease: number
+  #runs: RedisRunStore | undefined
   #client: Redis | undefined
   #subscriber: Redis | undefined
   #owned: Redis[] = []
@@ -94,18 +108,26 @@ class RedisAdapter implements EventSourceAdapter {
     if (url !== undefined && typeof url !== 'string') fail('url', 'must be a redis:// URL')
     const prefix = options.channelPrefix ?? 'fastify-event-sources:'
     if (typeof prefix !== 'string') fail('channelPrefix', 'must be a string')
-    if (history !== undefined && history !== false && (typeof history !== 'object' || history === null)) fail('history', 'must be { maxLen, keyTtl } or false')
+    if (history !== undefined && history !== false && (typeof history !== 'object' || history === null)) fail('history', 'must be { maxLen, keyTtl, topics, ttl } or false')
     this.#userClient = client
     this.#url = url
     this.#maxLen = history === false ? 0 : positive('history.maxLen', history?.maxLen, 1000)
     this.#keyTtl = history === false ? 0 : positive('history.keyTtl', history?.keyTtl, 3_600_000)
+    // 0 stands for no bound in the script.
+    this.#maxTopics = history === false ? 0 : unbounded('history.topics', history?.topics, 1000)
+    this.#topicTtl = history === false ? 0 : unbounded('history.ttl', history?.ttl, 3_600_000)
     this.#timeout = positive('publishTimeout', options.publishTimeout, 2000)
     this.#connectTimeout = positive('connectTimeout', options.connectTimeout, 5000)
+    const runs = options.runs
+    if (runs !== undefined && (typeof runs !== 'object' || runs === null)) fail('runs', 'must be { lease }')
+    this.#runLease = positive('runs.lease', runs?.lease, 10_000)
     this.hasHistory = history !== false
     this.channelPrefix = prefix
     this.streamKey = prefix + 'stream'
     this.messageChannel = prefix + 'messages'
     this.claimChannel = prefix + 'claims'
+    this.controlChannel = prefix + 'control'
+    this.#keys = streamKeys(prefix)
   }
 
   async attach (host: AdapterHost): Promise<void> {
@@ -121,10 +143,11 @@ class RedisAdapter implements EventSourceAdapter {
     const subscriber = this.#own((user ?? client).duplicate({ enableOfflineQueue: false, lazyConnect: false, autoResubscribe: false }))
     this.#client = client
     this.#subscriber = subscriber
-    if (this.hasHistory) this.#history = new RedisStreamsHistory(client, this.streamKey)
+    if (this.hasHistory) this.#history = new RedisStreamsHistory(client, this.#keys, this.#maxLen)
     subscriber.on('message', (channel: string, payload: string) => {
       if (channel === this.messageChannel) this.#onMessage(payload)
       else if (channel === this.claimChannel) this.#onClaim(payload)
+      else if (channel === this.controlChannel) this.#onControl(payload)
     })
     subscriber.on('ready', () => {
       if (this.#subscribed) this.#catchUp()
@@ -139,7 +162,7 @@ class RedisAdapter implements EventSourceAdapter {
     try {
       if (user?.status === 'wait') user.connect().catch(() => {})
       await Promise.all([client, subscriber].map(c => this.#ready(c)))
-      await subscriber.subscribe(this.messageChannel, this.claimChannel)
+      await subscriber.subscribe(this.messageChannel, this.claimChannel, this.controlChannel)
       if (this.#history !== undefined) this.#seen(await this.#history.latestId())
     } catch (err) {
       await this.close()
@@ -158,7 +181,7 @@ class RedisAdapter implements EventSourceAdapter {
     // A user's client may queue while disconnected; a queued publish would be sent after it was reported failed.
     if (client.status !== 'ready') throw new FST_ERR_SSE_PUBLISH_FAILED(`Redis is not connected (${client.status})`)
     const sent = this.hasHistory
-      ? this.#append(client, encode(message, false), options?.key)
+      ? this.#append(client, message, options?.key)
       : client.publish(this.messageChannel, '\n' + encode(message, true))
     this.#inFlight.add(sent)
     try {
@@ -170,12 +193,29 @@ class RedisAdapter implements EventSourceAdapter {
     }
   }
 
-  async replay (lastEventId: string, identifier: string): Promise<ReplayResult> {
+  async replay (lastEventId: string, identifier: string | undefined, topics?: readonly string[]): Promise<ReplayResult> {
     const history = this.#history
     // Live only: nothing can be replayed, so whatever the client missed is a gap it must hear about.
     if (history === undefined) return { messages: [], gap: true }
     if (this.#client?.status !== 'ready') throw new FST_ERR_SSE_ADAPTER('Redis is not connected; cannot read the history')
-    return this.#bounded(history.readAfter(lastEventId, identifier))
+    return this.#bounded(history.readAfter(lastEventId, identifier, topics))
+  }
+
+  /**
+   * Applies a subscribe or unsubscribe here at once, then carries it to the other instances on the control
+   * channel. Redis delivers a subscriber's channels in the order it ran the commands, so a message published
+   * after this resolves reaches every instance after the change.
+   */
+  async control (message: ControlMessage): Promise<void> {
+    this.#host?.control(message)
+    const client = this.#client
+    if (client === undefined || this.#closed) throw new FST_ERR_SSE_PUBLISH_FAILED(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
+    if (client.status !== 'ready') throw new FST_ERR_SSE_PUBLISH_FAILED(`Redis is not connected (${client.status}); the change applied to this instance only`)
+    try {
+      await this.#bounded(client.publish(this.controlChannel, JSON.stringify([this.#instance, message.op, message.to, message.topics])))
+    } catch (err) {
+      throw new FST_ERR_SSE_PUBLISH_FAILED(`${(err as Error).message}; the change applied to this instance only`, { cause: err })
+    }
   }
 
   claim (identifier: string, openedAt: number): void {
@@ -183,8 +223,22 @@ class RedisAdapter implements EventSourceAdapter {
     this.#announce([[identifier, openedAt]])
   }
 
+  /** Runs through Redis: followed and cancelled from any instance, one producer per key in the whole cluster. */
+  runStore (sink: RunSink): RedisRunStore {
+    return (this.#runs ??= new RedisRunStore(this.channelPrefix, { lease: this.#runLease, timeout: this.#timeout }, sink, () => this.#openRuns(), message => this.#host?.deliver(message)))
+  }
+
+  async #openRuns (): Promise<[Redis, Redis]> {
+    const client = this.#client
+    if (client === undefined || this.#closed) throw new FST_ERR_SSE_ADAPTER(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
+    const subscriber = this.#own((this.#userClient ?? client).duplicate({ enableOfflineQueue: false, lazyConnect: false }))
+    await this.#ready(subscriber)
+    return [client, subscriber]
+  }
+
   /** Lets publishes already sent finish, then closes the connections this adapter opened; a client passed in stays open. */
   async close (): Promise<void> {
+    await this.#runs?.close()
     this.#closed = true
     await Promise.race([Promise.allSettled([...this.#inFlight]), sleep(this.#timeout)])
     const owned = this.#owned
@@ -220,9 +274,13 @@ class RedisAdapter implements EventSourceAdapter {
    * Always EVAL, never EVALSHA: after SCRIPT FLUSH, a failover or a restart, an EVALSHA that fails and is sent
    * again as EVAL would be overtaken by later publishes. The script is short, and Redis caches it by its hash.
    */
-  async #append (client: Redis, body: string, key: string | undefined): Promise<unknown> {
-    if (key === undefined) return client.eval(APPEND_AND_PUBLISH, 1, this.streamKey, this.#maxLen, body, this.messageChannel)
-    return client.eval(APPEND_AND_PUBLISH, 2, this.streamKey, this.channelPrefix + 'key:' + key, this.#maxLen, body, this.messageChannel, this.#keyTtl)
+  async #append (client: Redis, message: PublishedMessage, key: string | undefined): Promise<unknown> {
+    return client.eval(APPEND_AND_PUBLISH, ...appendArguments(this.#keys, this.messageChannel, message, {
+      maxLen: this.#maxLen,
+      key: key === undefined ? undefined : { name: this.channelPrefix + 'key:' + key, ttl: this.#keyTtl },
+      maxTopics: this.#maxTopics,
+      ttl: this.#topicTtl
+    }))
   }
 
   #onMessage (payload: string): void {
@@ -287,7 +345,7 @@ class RedisAdapter implements EventSourceAdapter {
         if (this.#again) {
           this.#again = false
           if (subscriber.status !== 'ready') return
-          await this.#bounded(subscriber.subscribe(this.messageChannel, this.claimChannel))
+          await this.#bounded(subscriber.subscribe(this.messageChannel, this.claimChannel, this.controlChannel))
           // Claims made elsewhere while this subscription was down were missed: announcing ours makes newer ones answer.
           this.#announceAll()
           // Live only: what was published while the subscription was down is gone.
@@ -378,6 +436,23 @@ class RedisAdapter implements EventSourceAdapter {
     this.#unannounced = false
     const all = this.#host?.identified() ?? []
     for (let i = 0; i < all.length; i += CLAIMS_PER_MESSAGE) this.#announce(all.slice(i, i + CLAIMS_PER_MESSAGE))
+  }
+
+  /** A subscribe or unsubscribe from another instance; checked as carefully as one made here. */
+  #onControl (payload: string): void {
+    const host = this.#host
+    if (host === undefined || this.#closed) return
+    let message: ControlMessage
+    try {
+      const [instance, op, to, topics] = JSON.parse(payload) as [unknown, unknown, unknown, unknown]
+      if (instance === this.#instance) return
+      if ((op !== 'subscribe' && op !== 'unsubscribe') || to === undefined || !isTarget(to)) throw new TypeError('not a control message')
+      message = { op, to, topics: checkTopics(topics) }
+    } catch (err) {
+      host.log.warn({ err, channel: this.controlChannel }, 'fastify-event-sources: ignored a malformed control message from Redis')
+      return
+    }
+    host.control(message)
   }
 
   #onClaim (payload: string): void {

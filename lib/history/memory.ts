@@ -43,7 +43,7 @@ export class MemoryHistory implements HistoryStore {
     return this.#keys.get(key)
   }
 
-  readAfter (lastEventId: string, identifier: string): ReplayResult {
+  readAfter (lastEventId: string, identifier: string | undefined, topics?: readonly string[]): ReplayResult {
     const newest = this.#count > 0 ? this.#at(this.#count - 1) : undefined
     // Search from the newest end: a reconnecting client is usually only a few messages behind.
     let start = -1
@@ -56,7 +56,7 @@ export class MemoryHistory implements HistoryStore {
     const messages: PublishedMessage[] = []
     for (let j = start + 1; j < this.#count; j++) {
       const m = this.#at(j)
-      if (matchesTarget(m.to, identifier)) messages.push(m)
+      if (matchesTarget(m.to, identifier, topics)) messages.push(m)
     }
     const result: ReplayResult = { messages, gap: start === -1, latestId: newest?.id }
     if (newest?.position !== undefined) result.position = newest.position

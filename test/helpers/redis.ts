@@ -29,14 +29,19 @@ export function redisReady (t: Test): boolean {
   return false
 }
 
-/** A channel prefix no other test uses; its stream key is deleted when the test ends. */
+/** A channel prefix no other test uses; its keys (streams, topic streams, idempotency keys) are deleted when the test ends. */
 export function uniquePrefix (t: Test): string {
   const prefix = `fes-test:${process.pid}:${randomBytes(4).toString('hex')}:`
   t.teardown(async () => {
     const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 0 })
     try {
       await redis.connect()
-      await redis.del(prefix + 'stream')
+      let cursor = '0'
+      do {
+        const [next, keys] = await redis.scan(cursor, 'MATCH', prefix.replace(/[*?[\]\\]/g, '\\$&') + '*', 'COUNT', 1000)
+        cursor = next
+        if (keys.length > 0) await redis.del(...keys)
+      } while (cursor !== '0')
     } catch {} finally {
       redis.disconnect()
     }
@@ -143,8 +148,8 @@ export function redisClient (t: Test, url = redisUrl): Redis {
   return redis
 }
 
-/** What the stream holds, oldest first, as [id, data]. */
-export async function stored (redis: Redis, prefix: string): Promise<[string, string][]> {
-  const entries = await redis.xrange(prefix + 'stream', '-', '+')
+/** What a stream holds (the log by default; `plain`, or `topic:<name>`), oldest first, as [id, data]. */
+export async function stored (redis: Redis, prefix: string, stream = 'stream'): Promise<[string, string][]> {
+  const entries = await redis.xrange(prefix + stream, '-', '+')
   return entries.map(([id, fields]) => [id, (JSON.parse(fields[1]) as { data: string }).data])
 }
