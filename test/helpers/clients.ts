@@ -74,6 +74,11 @@ export class ChunkedReader {
     this.#pending = Buffer.from(buf)
   }
 
+  /** The connection ended: that is the end of a close-delimited body (a chunked one ends only with its last chunk). */
+  connectionEnded (): void {
+    if (!this.#chunked) this.ended = true
+  }
+
   text (): string {
     return Buffer.concat(this.body).toString()
   }
