@@ -165,6 +165,15 @@ function buildDemo (options = {}) {
 
     app.get('/rooms', async () => ({ rooms: ROOMS }))
 
+    // Who is in a room, on every instance: the tabs following its topic, and how many streams follow it.
+    app.get('/rooms/:room/presence', async (request, reply) => {
+      const room = request.params.room
+      if (!ROOMS.includes(room)) return reply.code(404).send({ error: 'no such room' })
+      const topic = topicOf(room)
+      const [ids, streams] = await Promise.all([sources.presence(topic), sources.count({ topic })])
+      return { room, tabs: ids.map(id => id.slice('tab:'.length)).sort(), streams }
+    })
+
     function roomRoute (name, action) {
       app.post(`/rooms/:room/${name}`, async (request, reply) => {
         const room = request.params.room

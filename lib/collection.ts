@@ -16,7 +16,8 @@ import { PingScheduler } from './ping'
 import { MemoryRunStore, Runs } from './runs'
 import { WriteScheduler } from './scheduler'
 import { isTarget, type Target } from './target'
-import { checkTopics, checkTopic, TopicIndex } from './topics'
+import { checkTopics, checkTopic } from './topics'
+import { countTarget, InstancePresence, TrackedTopicIndex, type CountTarget } from './presence'
 import type { EventSourcesMetrics, GetEventSourceOptions, RunOptions, RunProducer, RunResult, RunState, SourceSelector, EventSourceCollection as PublicCollection } from '../types/index'
 
 export interface BroadcastOptions extends SendOptions {
@@ -42,7 +43,8 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   #ending = new Set<EventSource>()
   #perKey = new Map<string, number>()
   #closing = false
-  #topics = new TopicIndex<EventSource>()
+  #topics = new TrackedTopicIndex<EventSource>()
+  #presence = new InstancePresence(this.#byId, this.#open, this.#topics)
   #ctx: SourceContext
   #log: FastifyBaseLogger
   #runs: Runs
@@ -107,7 +109,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   }
 
   /** @internal the topic index, for tests that measure it */
-  get _topics (): TopicIndex<EventSource> {
+  get _topics (): TrackedTopicIndex<EventSource> {
     return this.#topics
   }
 
@@ -115,6 +117,20 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   subscribers (topic: string): EventSource[] {
     const followers = this.#topics.followers(checkTopic(topic))
     return followers === undefined ? [] : [...followers]
+  }
+
+  /** The identifiers of the open sources following `topic` on every instance the adapter reaches, each once. */
+  async presence (topic: string): Promise<string[]> {
+    checkTopic(topic)
+    const adapter = this.#settings.adapter
+    return adapter.presence === undefined ? this.#presence.presence(topic) : adapter.presence(topic)
+  }
+
+  /** Open streams on every instance the adapter reaches, identified or not; or only those matching `to`. */
+  async count (to?: CountTarget): Promise<number> {
+    const target = countTarget(to)
+    const adapter = this.#settings.adapter
+    return adapter.count === undefined ? this.#presence.count(target) : adapter.count(target)
   }
 
   /**
@@ -220,6 +236,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       gap: (latestId, lastId) => this.#gap(latestId, lastId),
       identified: () => Array.from(this.#byId, ([identifier, source]) => [identifier, source.openedAt]),
       openedAt: identifier => this.#byId.get(identifier)?.openedAt,
+      presence: this.#presence,
       log: this.#log
     }
   }
@@ -241,6 +258,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       reply.hijack()
       const source = new EventSource(this.#ctx, request, reply, identifier, undefined, this.#lastEventId(request))
       this.#open.add(source)
+      this.#presence.listener?.streams()
       source._gone('client')
       runOnResponseOnClose(reply, true)
       return source
@@ -259,6 +277,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     reply.hijack()
     const source = new EventSource(this.#ctx, request, reply, identifier, key, this.#lastEventId(request))
     this.#open.add(source)
+    this.#presence.listener?.streams()
     this.#metrics.open(source)
     if (key !== undefined) this.#perKey.set(key, (this.#perKey.get(key) ?? 0) + 1)
     runOnResponseOnClose(reply)
@@ -269,7 +288,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
       return source
     }
     if (identifier !== undefined) this.#register(source, identifier)
-    if (topics.length > 0) this.#topics.add(source, topics)
+    if (topics.length > 0 && source.isActive) this.#topics.add(source, topics)
     if (identifier !== undefined || topics.length > 0) this.#replay(source, topics)
     if (settings.ping !== undefined) source.ping.start()
     request.log.debug({ identifier, lastEventId: source.lastEventId }, 'event source opened')
@@ -279,10 +298,10 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
   #register (source: EventSource, identifier: string): void {
     this.#byId.get(identifier)?._end('replaced')
     this.#byId.set(identifier, source)
+    this.#presence.listener?.identifier(identifier)
     const lastEventId = source.lastEventId
-    const replays = lastEventId !== undefined && lastEventId !== ''
     // Set before the listeners run: what a `registered` listener sends waits behind the replay, as the handler's sends do.
-    if (replays) source._replaying = true
+    if (lastEventId !== undefined && lastEventId !== '') source._replaying = true
     this.#emitSafely('registered', source)
     const adapter = this.#settings.adapter
     adapter.claim?.(identifier, source.openedAt)
@@ -325,6 +344,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
 
   #release (source: EventSource): void {
     this.#open.delete(source)
+    this.#presence.listener?.streams()
     this.#ending.add(source)
     source._settled().then(() => this.#ending.delete(source), () => {})
     const key = source._key
@@ -337,6 +357,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const identifier = source.identifier
     if (identifier !== undefined && this.#byId.get(identifier) === source) {
       this.#byId.delete(identifier)
+      this.#presence.listener?.identifier(identifier)
       this.#emitSafely('unregistered', source)
     }
   }

@@ -89,6 +89,11 @@ export class TopicIndex<S> {
     return targets
   }
 
+  /** The topics someone follows here. */
+  topics (): IterableIterator<string> {
+    return this.#byTopic.keys()
+  }
+
   #leave (source: S, topic: string): void {
     const followers = this.#byTopic.get(topic)
     if (followers === undefined) return

@@ -2,7 +2,7 @@ import tap, { test, type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import redisAdapter from '../lib/adapters/redis'
 import type { RedisAdapterOptions } from '../types/redis'
-import type { PublishTarget } from '../types/index'
+import type { PublishTarget, TopicTarget } from '../types/index'
 import { prng, sleep } from './helpers/clients'
 import { readEvents, type EventStream } from './helpers/read-events'
 import { Client, Switchboard, portOf, redisClient, redisReady, redisUrl, stored, uniquePrefix } from './helpers/redis'
@@ -32,7 +32,7 @@ async function open (t: Test, url: string, lastEventId?: string): Promise<EventS
 
 const data = (stream: EventStream): string[] => stream.events.map(e => e.data)
 
-interface Route { to: PublishTarget | undefined, alice: boolean, anonymous: boolean }
+interface Route { to: PublishTarget | TopicTarget | undefined, alice: boolean, anonymous: boolean }
 
 const ROUTES: Route[] = [
   { to: { topic: 'room:a' }, alice: true, anonymous: true },

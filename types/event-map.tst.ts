@@ -109,3 +109,13 @@ test('a typed source is still a source: it goes where an untyped one is expected
   expect(found?.send({ from: 'ann' }, { event: 'typing' })).type.toBe<boolean | undefined>()
   expect(found?.send({ from: 'ann' }, { event: 'feed' })).type.toRaiseError()
 })
+
+test('run<Map>() checks what map returns against the event map', () => {
+  async function * tokens (): AsyncGenerator<string> {}
+  expect(app.eventSources.run<ChatEvents, string>('k', tokens(), { map: text => ({ event: 'feed', data: { text, from: 'bot' } }), ttl: 1000 })).type.toBe<Promise<import('./index').RunResult>>()
+  expect(app.eventSources.run<ChatEvents, string>('k', tokens(), { event: 'message' })).type.toBe<Promise<import('./index').RunResult>>()
+  expect(app.eventSources.run('k', tokens(), { event: 'anything' })).type.toBe<Promise<import('./index').RunResult>>()
+
+  expect(app.eventSources.run<ChatEvents, string>('k', tokens(), { map: text => ({ event: 'feed', data: text }) })).type.toRaiseError()
+  expect(app.eventSources.run<ChatEvents, string>('k', tokens(), { event: 'typing' })).type.toRaiseError()
+})

@@ -84,21 +84,6 @@ declare namespace fastifyEventSources {
       ? Options & { data?: unknown }
       : { [K in keyof Events & string]: Omit<Options, 'event'> & { data: Events[K] } & (K extends 'message' ? { event?: K | undefined } : { event: K }) }[keyof Events & string]
 
-  /**
-   * A topic: a non-empty string of at most 1,024 UTF-16 code units without CR, LF or NUL. Anything else throws
-   * FST_ERR_SSE_INVALID_FIELD.
-   */
-  export type Topic = string
-
-  /** Identified sources: one identifier, or every identifier with a prefix. */
-  export type SourceSelector = string | { prefix: string }
-
-  /**
-   * Who a published message is for: one identifier, every identifier with a prefix, the followers of one or
-   * more topics (identified or not; each once), or (absent) every identified source.
-   */
-  export type PublishTarget = SourceSelector | { topic: Topic | Topic[] }
-
   /** What `stream()` pulls from: an async iterable, an iterable (not a string), a Node Readable or a Web ReadableStream. */
   export type StreamSource<T> = (AsyncIterable<T> | Iterable<T> | Readable | ReadableStream<T>) & NotAString
 
@@ -125,6 +110,14 @@ declare namespace fastifyEventSources {
      */
     map? (item: StreamItem<T>): StreamMessage | undefined
   }
+
+  /**
+   * `run()`'s options under an event map: either `map` turns each item into a message of the map (`{ event, data }`),
+   * or `event` names every item, whose type must then be that event's data.
+   */
+  export type TypedStreamOptions<T, Events extends object> =
+    | { event?: undefined, map (item: StreamItem<T>): EventMessage<Events> | undefined }
+    | { [K in keyof Events & string]: [StreamItem<T>] extends [Events[K]] ? { event: K, map?: undefined } : never }[keyof Events & string]
 
   /** Who a published message is for: one identifier, every identifier with a prefix, or (absent) every identified source. */
   export type PublishTarget = string | { prefix: string }
@@ -225,6 +218,9 @@ declare namespace fastifyEventSources {
     beat (running: readonly string[], followed: readonly string[]): Promise<readonly string[] | undefined>
     close (): Promise<void>
   }
+
+  /** What `count()` counts: one identifier, every identifier with a prefix, or the followers of one topic. */
+  export type CountTarget = string | { prefix: string } | { topic: Topic }
 
   export interface PublishOptions extends SendOptions {
     to?: PublishTarget | TopicTarget | undefined
@@ -436,6 +432,11 @@ declare namespace fastifyEventSources {
      * key or option.
      */
     run<T> (key: string, producer: RunProducer<T>, options?: RunOptions<T>): Promise<RunResult>
+    /**
+     * `run<ChatEvents, Item>(key, producer, { map })`: each item becomes a message of the event map (or `event` names
+     * them all, when the items are that event's data). Name the item type too: TypeScript infers none once one is given.
+     */
+    run<Events extends object, T = unknown> (key: string, producer: RunProducer<T>, options: Omit<RunOptions<T>, 'event' | 'map'> & TypedStreamOptions<T, NoInfer<Events>>): Promise<RunResult>
     /** Stops the run of `key` wherever its producer runs (its signal aborts); true when a running run was found. */
     cancel (key: string): Promise<boolean>
     /**
@@ -466,6 +467,19 @@ declare namespace fastifyEventSources {
     subscribe (to: SourceSelector, topics: Topic | Topic[]): Promise<void>
     /** The sources matching `to` on every instance stop following `topics`. */
     unsubscribe (to: SourceSelector, topics: Topic | Topic[]): Promise<void>
+    /**
+     * The identifiers of the open sources following `topic` on every instance the adapter reaches, each once
+     * (anonymous followers have none; `count({ topic })` counts them). Without an adapter, or with one that does
+     * not provide presence, this instance's.
+     * Rejects with FST_ERR_SSE_INVALID_FIELD for a bad topic, FST_ERR_SSE_ADAPTER when the adapter cannot answer.
+     */
+    presence (topic: Topic): Promise<string[]>
+    /**
+     * Open streams on every instance the adapter reaches, identified or not; with `to`, only the identified ones
+     * with that identifier or prefix, or the followers of that topic (identified or not).
+     * Rejects with FST_ERR_SSE_INVALID_FIELD for a bad target, FST_ERR_SSE_ADAPTER when the adapter cannot answer.
+     */
+    count (to?: CountTarget): Promise<number>
     on<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
     off<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
     once<K extends keyof EventSourceCollectionEvents> (event: K, listener: (...args: EventSourceCollectionEvents[K]) => void): this
@@ -519,7 +533,37 @@ declare namespace fastifyEventSources {
     topics: Topic[]
   }
 
+  /** Told of every change to who is connected here; an adapter batches these into what other instances read. */
+  export interface PresenceListener {
+    /** A stream opened or ended. */
+    streams (): void
+    /** A source with this identifier was registered or left the collection. */
+    identifier (identifier: string): void
+    /** A source (with this identifier, if any) started or stopped following `topic`. */
+    topic (topic: Topic, identifier: string | undefined): void
+  }
+
+  /** Who is connected to this instance, read live from the plugin's own structures. */
+  export interface LocalPresence {
+    /** Open streams, identified or not. */
+    readonly streams: number
+    presence (topic: Topic): string[]
+    count (to?: CountTarget): number
+    hasIdentifier (identifier: string): boolean
+    identifiers (): Iterable<string>
+    /** The topics some open source follows here. */
+    topics (): Iterable<Topic>
+    /** Open streams following `topic`, identified or not. */
+    topicStreams (topic: Topic): number
+    /** Whether the source with this identifier follows `topic`. */
+    follows (topic: Topic, identifier: string): boolean
+    /** One listener at a time (undefined removes it). */
+    watch (listener: PresenceListener | undefined): void
+  }
+
   export interface AdapterHost {
+    /** This instance's sources, for an adapter that provides `presence` and `count` across instances. */
+    presence: LocalPresence
     deliver (message: PublishedMessage): void
     closeOlder (identifier: string, openedAt: number): void
     /** Applies a subscribe or unsubscribe to this instance's sources. */
@@ -554,6 +598,10 @@ declare namespace fastifyEventSources {
      * `eventSources.subscribe()` applies to this instance only.
      */
     control? (message: ControlMessage): Promise<void>
+    /** Identifiers following `topic` on every instance, each once. Without it, `presence()` answers for this instance. */
+    presence? (topic: Topic): Promise<string[]>
+    /** Open streams on every instance (matching `to`). Without it, `count()` answers for this instance. */
+    count? (to: CountTarget | undefined): Promise<number>
     /** Where runs are kept across instances; without it, each instance keeps its own runs in memory. */
     runStore? (sink: RunSink): RunStore
     close (): Promise<void>

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis'
-import type { EventSourceAdapter } from './index'
+import type { CountTarget, EventSourceAdapter } from './index'
 
 declare namespace redisAdapter {
   export interface RedisAdapterOptions {
@@ -32,6 +32,13 @@ declare namespace redisAdapter {
      */
     connectTimeout?: number | undefined
     /**
+     * Presence and counts across instances (`eventSources.presence()`, `count()`), or `false` for this instance's
+     * only. `heartbeat` (ms, default 5000): an instance silent for three heartbeats (15 s by default, for example
+     * one killed outright) drops out. `flush` (ms, default 250): joins and leaves are gathered this long, then
+     * written in one transaction.
+     */
+    presence?: { heartbeat?: number | undefined, flush?: number | undefined } | false | undefined
+    /**
      * Resumable runs: `lease` (ms, default 10000) is how long a producer's hold on its key lasts without renewal
      * (renewed at every beat, a quarter of it). When the instance running a producer dies, followers elsewhere get
      * the end event with reason 'lost' within about `lease` plus one beat (about 12 s by default, under 15 s).
@@ -49,6 +56,10 @@ declare namespace redisAdapter {
     readonly claimChannel: string
     /** `<prefix>control`: the channel that carries `eventSources.subscribe()` / `unsubscribe()` to other instances. */
     readonly controlChannel: string
+    /** Identifiers following `topic` on every live instance sharing the prefix, each once. */
+    presence (topic: string): Promise<string[]>
+    /** Open streams on every live instance sharing the prefix (matching `to`). */
+    count (to: CountTarget | undefined): Promise<number>
   }
 
   export const RedisAdapter: new (options?: RedisAdapterOptions) => RedisAdapter

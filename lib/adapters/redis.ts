@@ -5,7 +5,8 @@ import { APPEND_AND_PUBLISH, PAGE, RedisStreamsHistory, appendArguments, decode,
 import { isAfter } from '../position'
 import { isTarget } from '../target'
 import { checkTopics } from '../topics'
-import type { AdapterHost, AdapterPublishOptions, ControlMessage, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
+import type { AdapterHost, AdapterPublishOptions, ControlMessage, CountTarget, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
+import { PRESENCE_DEFAULTS, RedisPresence, type PresenceSettings } from './redis-presence'
 import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
 import type { RedisAdapterOptions } from '../../types/redis'
@@ -80,6 +81,8 @@ class RedisAdapter implements EventSourceAdapter {
   #owned: Redis[] = []
   #history: RedisStreamsHistory | undefined
   #host: AdapterHost | undefined
+  #presenceSettings: PresenceSettings | undefined
+  #presence: RedisPresence | undefined
   #instance = randomUUID()
   #closed = false
   #down = false
@@ -121,6 +124,14 @@ class RedisAdapter implements EventSourceAdapter {
     const runs = options.runs
     if (runs !== undefined && (typeof runs !== 'object' || runs === null)) fail('runs', 'must be { lease }')
     this.#runLease = positive('runs.lease', runs?.lease, 10_000)
+    const presence = options.presence
+    if (presence !== undefined && presence !== false && (typeof presence !== 'object' || presence === null)) fail('presence', 'must be { heartbeat, flush } or false')
+    this.#presenceSettings = presence === false
+      ? undefined
+      : {
+          heartbeat: positive('presence.heartbeat', presence?.heartbeat, PRESENCE_DEFAULTS.heartbeat),
+          flush: positive('presence.flush', presence?.flush, PRESENCE_DEFAULTS.flush)
+        }
     this.hasHistory = history !== false
     this.channelPrefix = prefix
     this.streamKey = prefix + 'stream'
@@ -173,6 +184,24 @@ class RedisAdapter implements EventSourceAdapter {
       subscriber.off('error', record)
     }
     this.#subscribed = true
+    if (this.#presenceSettings !== undefined) {
+      const presence = new RedisPresence(client, host, this.channelPrefix, this.#instance, this.#presenceSettings, op => this.#bounded(op))
+      this.#presence = presence
+      // Not fatal: the heartbeat writes everything once Redis answers.
+      await presence.start().catch((err: Error) => host.log.warn({ err }, 'fastify-event-sources: could not write presence yet; retrying'))
+    }
+  }
+
+  /** Identifiers following `topic` on every live instance sharing the prefix, each once. */
+  async presence (topic: string): Promise<string[]> {
+    if (this.#presence !== undefined) return this.#presence.presence(topic)
+    return this.#host?.presence.presence(topic) ?? []
+  }
+
+  /** Open streams on every live instance sharing the prefix (matching `to`). */
+  async count (to: CountTarget | undefined): Promise<number> {
+    if (this.#presence !== undefined) return this.#presence.count(to)
+    return this.#host?.presence.count(to) ?? 0
   }
 
   async publish (message: PublishedMessage, options?: AdapterPublishOptions): Promise<void> {
@@ -239,6 +268,7 @@ class RedisAdapter implements EventSourceAdapter {
   /** Lets publishes already sent finish, then closes the connections this adapter opened; a client passed in stays open. */
   async close (): Promise<void> {
     await this.#runs?.close()
+    await this.#presence?.close()
     this.#closed = true
     await Promise.race([Promise.allSettled([...this.#inFlight]), sleep(this.#timeout)])
     const owned = this.#owned
