@@ -248,6 +248,13 @@ function writeReport (results) {
     }
   }
 
+  // Written by bench/speed.js --write, a run of its own.
+  const speed = path.join(__dirname, 'results', 'speed.md')
+  if (fs.existsSync(speed)) {
+    out.push(fs.readFileSync(speed, 'utf8').trim())
+    out.push('')
+  }
+
   const findings = path.join(__dirname, 'findings.md')
   if (fs.existsSync(findings)) {
     out.push(fs.readFileSync(findings, 'utf8').trim())

@@ -43,6 +43,7 @@ if (value('before') !== undefined) {
 }
 const only = value('only')?.split(',')
 const contenders = only ? CONTENDERS.filter(c => only.includes(c.id)) : CONTENDERS
+const defaultPlan = plan
 
 const hasTaskset = (() => {
   try {
@@ -87,7 +88,7 @@ function firstLine (child, match) {
   })
 }
 
-async function runOne (contender, n, mode) {
+async function runOne (contender, n, mode, plan = defaultPlan) {
   const env = { ...contender.env, PING_MS: mode === 'ping' ? String(plan.pingMs) : '0' }
   const server = pinned(0, ['--expose-gc', path.join(__dirname, 'servers', contender.file)], env)
   const serverExit = new Promise(resolve => server.once('exit', resolve))
@@ -171,7 +172,11 @@ async function main () {
   }
 }
 
-main().catch(err => {
-  console.error(err)
-  process.exit(1)
-})
+if (require.main === module) {
+  main().catch(err => {
+    console.error(err)
+    process.exit(1)
+  })
+}
+
+module.exports = { runOne, versions, machine, CONTENDERS }

@@ -263,19 +263,25 @@ export class EventSource implements HttpRequestEventSource {
   /** @internal the one path every frame takes to this source's socket */
   _write (frame: Buffer, kind: WriteKind): boolean {
     if (!this.#active || this._overBound) return false
-    if (this._queue !== null || this._replaying || this.#ctx.settings.batch || this.#out.writableLength >= SOFT_LIMIT) return this._enqueue(frame, kind)
+    // Read once: the response's writableLength adds up the socket's buffer on every read.
+    let held = this.#out.writableLength
+    if (this._queue !== null || this._replaying || this.#ctx.settings.batch || held >= SOFT_LIMIT) return this._enqueue(frame, kind)
     const position = kind === 'message' ? framePositions.get(frame) : undefined
     if (position !== undefined && !this.#advances(position)) return false
-    if (!this.#headWritten) this.#writeHead()
+    if (!this.#headWritten) {
+      this.#writeHead()
+      held = this.#out.writableLength
+    }
     if (this.#out.destroyed) {
       this.#end(kind === 'ping' ? 'ping-failed' : 'client', true)
       return false
     }
-    if (!this.#fits(frame.length, kind)) return false
+    if (!this.#fits(frame.length, kind, false, held)) return false
     if (kind === 'message' && this.#idle !== undefined) this.#idle.last = Date.now()
     if (position !== undefined) this._position = position
     this.sentContentLength += frame.length
     this.#ctx.metrics.accepted(kind, frame.length)
+    if (!this.#h2) this.#cork()
     if (!this.#res.write(frame)) this.#ctx.scheduler.watchDrain(this)
     return true
   }
@@ -321,6 +327,7 @@ export class EventSource implements HttpRequestEventSource {
     const chunk = queue.length === 1 ? queue[0] : joinFrames(queue, bytes)
     this.sentContentLength += chunk.length
     this.#ctx.metrics.bytes += chunk.length
+    if (!this.#h2) this.#cork()
     if (this.#res.write(chunk)) this.#settleDrainWaiters(true)
     else this.#ctx.scheduler.watchDrain(this)
   }
@@ -481,9 +488,15 @@ export class EventSource implements HttpRequestEventSource {
     return this._position === undefined || follows(position, this._position)
   }
 
-  #fits (bytes: number, kind: WriteKind, sliced = false): boolean {
+  // Node's http layer corks the socket on a write and queues a tick per response to uncork it; corked already, it
+  // does neither, and the scheduler uncorks every socket of the tick at once.
+  #cork (): void {
+    const socket = this.#res.socket
+    if (socket !== null && socket.writableCorked === 0) this.#ctx.scheduler.cork(socket)
+  }
+
+  #fits (bytes: number, kind: WriteKind, sliced = false, held = this.#out.writableLength): boolean {
     const settings = this.#ctx.settings
-    let held = this.#out.writableLength
     // The socket's buffer is first in, first out: its newest bytes are what was written after the replay, the rest
     // is the replay, which is bounded by the history, not by maxBufferedBytes (a client just back reads it first).
     if (this.#replayEnd > 0) held = Math.min(held, this.sentContentLength - this.#replayEnd)
@@ -514,7 +527,11 @@ export class EventSource implements HttpRequestEventSource {
     headers['content-type'] = 'text/event-stream; charset=utf-8'
     headers['cache-control'] = 'no-cache, no-transform'
     headers['x-accel-buffering'] = 'no'
-    if (!this.#h2) headers.connection = 'keep-alive'
+    if (!this.#h2) {
+      // A stream never carries a second response, so its body can run to the close: no chunk header on every write.
+      headers.connection = settings.chunked ? 'keep-alive' : 'close'
+      if (!settings.chunked) this.#res.useChunkedEncodingByDefault = false
+    }
     for (const name in settings.headers) headers[name.toLowerCase()] = settings.headers[name]
     if (this.#appended !== undefined) {
       // appendHeader overrides a default or carried value of the same name; repeated calls add values.
@@ -577,7 +594,6 @@ export class EventSource implements HttpRequestEventSource {
     this.closeReason = reason
     const ctx = this.#ctx
     ctx.release(this)
-    ctx.scheduler.forget(this)
     this.#ping?.stop()
     if (this.#idle?.timer !== undefined) clearTimeout(this.#idle.timer)
     this.#idle = undefined

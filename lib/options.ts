@@ -22,6 +22,7 @@ export interface Settings {
   resetEvent: string
   adapter: EventSourceAdapter
   batch: boolean
+  chunked: boolean
   fanOutSlice: number
   closeGrace: number
   lastEventIdQuery: string | undefined
@@ -105,6 +106,7 @@ export function normalizeOptions (options: PluginOptions = {}): Settings {
   if (typeof resetEvent !== 'string' || resetEvent === '' || FORBIDDEN.test(resetEvent)) fail('resetEvent', 'must be a non-empty string without CR, LF or NUL')
 
   if (options.batch !== undefined && typeof options.batch !== 'boolean') fail('batch', 'must be a boolean')
+  if (options.chunked !== undefined && typeof options.chunked !== 'boolean') fail('chunked', 'must be a boolean')
   if (options.requireAccept !== undefined && typeof options.requireAccept !== 'boolean') fail('requireAccept', 'must be a boolean')
 
   const lastEventIdQuery = options.lastEventIdQuery === false ? undefined : options.lastEventIdQuery
@@ -124,6 +126,7 @@ export function normalizeOptions (options: PluginOptions = {}): Settings {
     resetEvent,
     adapter,
     batch: options.batch ?? false,
+    chunked: options.chunked ?? false,
     fanOutSlice: count('fanOutSlice', options.fanOutSlice, 50, 1),
     closeGrace: count('closeGrace', options.closeGrace, 1000, 0),
     lastEventIdQuery,

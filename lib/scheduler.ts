@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import type { EventSource, WriteKind } from './event-source'
 
@@ -17,7 +18,9 @@ function learn (cost: { us: number }, start: number, writes: number): void {
 export class WriteScheduler {
   readonly slice: number
   readonly drainTimeout: number
-  #pending = new Set<EventSource>()
+  // In the order they were deferred. A source may appear twice (deferred again after an early flush): the later
+  // entry finds its queue empty. An ended source keeps its place until the flush, which skips it.
+  #pending: EventSource[] = []
   #scheduled = false
   #waiting = new Map<EventSource, number>()
   #sweeper: NodeJS.Timeout | undefined
@@ -28,6 +31,8 @@ export class WriteScheduler {
   // A fan-out that ran out of slice may have run in the poll phase; the check phase follows it at once, so the
   // first flush waits one more turn, letting the loop poll (answer other requests) between the two slices.
   #yieldFirst = false
+  // Sockets corked by writes of this tick, uncorked together by one tick instead of one per response.
+  #corked: Socket[] = []
 
   constructor (slice: number, drainTimeout: number) {
     this.slice = slice
@@ -62,8 +67,20 @@ export class WriteScheduler {
     return n
   }
 
+  /** Holds a socket's writes until the end of this tick, as Node's http layer would, with one tick for all sockets. */
+  cork (socket: Socket): void {
+    socket.cork()
+    if (this.#corked.push(socket) === 1) process.nextTick(this.#uncork)
+  }
+
+  #uncork = (): void => {
+    const corked = this.#corked
+    this.#corked = []
+    for (let i = 0; i < corked.length; i++) corked[i].uncork()
+  }
+
   defer (source: EventSource): void {
-    this.#pending.add(source)
+    this.#pending.push(source)
     if (!this.#scheduled) {
       this.#scheduled = true
       setImmediate(this.#flush)
@@ -80,10 +97,12 @@ export class WriteScheduler {
     const start = performance.now()
     const deadline = start + this.slice
     const budget = this.#budget(this.#flushCost.us)
+    const pending = this.#pending
+    let next = 0
     let written = 0
     let ended = 0
-    for (const source of this.#pending) {
-      this.#pending.delete(source)
+    while (next < pending.length) {
+      const source = pending[next++]
       if (source._overBound) {
         // Ending a source that a deferred share pushed past the bound is slice work too, and most of a destroyed
         // socket's cost comes later, in its close events: a few per turn, whatever the measured write cost.
@@ -94,8 +113,10 @@ export class WriteScheduler {
       source._flushQueue()
       if (++written % CHECK_EVERY === 0 && (written >= budget || performance.now() >= deadline)) break
     }
+    // Sources deferred during this flush were pushed onto the same array, behind the rest.
+    this.#pending = next === pending.length ? [] : pending.slice(next)
     if (written >= CHECK_EVERY) process.nextTick(learn, this.#flushCost, start, written)
-    if (this.#pending.size > 0 && !this.#scheduled) {
+    if (this.#pending.length > 0 && !this.#scheduled) {
       this.#scheduled = true
       setImmediate(this.#flush)
     }
@@ -117,10 +138,6 @@ export class WriteScheduler {
   unwatchDrain (source: EventSource): void {
     this.#waiting.delete(source)
     if (this.#waiting.size === 0) this.#stopSweeper()
-  }
-
-  forget (source: EventSource): void {
-    this.#pending.delete(source)
   }
 
   get waitingForDrain (): number {
@@ -146,6 +163,6 @@ export class WriteScheduler {
 
   close (): void {
     this.#stopSweeper()
-    this.#pending.clear()
+    this.#pending = []
   }
 }

@@ -18,6 +18,7 @@ test('sendAsync under a small bound never closes a client that reads slowly (iss
     socket.pause()
     setTimeout(() => socket.resume(), 1).unref()
   })
+  socket.on('end', () => http.connectionEnded())
   const sse = await source(0)
   const reading = sleep(200).then(() => socket.resume())
   let sent = 0

@@ -22,7 +22,7 @@ function get (t: Parameters<typeof start>[0], url: string, headers: Record<strin
   return { head, abort }
 }
 
-test('the head carries status 200 and the event-stream headers, with keep-alive on HTTP/1.1', async t => {
+test('the head carries status 200 and the event-stream headers; on HTTP/1.1 the body runs to the close', async t => {
   const { url } = await start(t, app => {
     app.get('/sse', async request => {
       const sse = request.getEventSource()
@@ -36,8 +36,9 @@ test('the head carries status 200 and the event-stream headers, with keep-alive 
   t.match(res.headers['cache-control'], /\bno-cache\b/)
   t.match(res.headers['cache-control'], /\bno-transform\b/)
   t.equal(res.headers['x-accel-buffering'], 'no')
-  t.equal(res.headers.connection, 'keep-alive')
+  t.equal(res.headers.connection, 'close')
   t.equal(res.headers['content-length'], undefined)
+  t.equal(res.headers['transfer-encoding'], undefined)
 })
 
 test('on HTTP/2 the head has no Connection or Transfer-Encoding', async t => {

@@ -391,22 +391,24 @@ test('an identifier that is not a string throws FST_ERR_SSE_INVALID_FIELD before
   t.equal(app.eventSources.openStreams, 0)
 })
 
-test('after close() the connection is clean and serves the next request', async t => {
-  const { url } = await start(t, app => {
-    app.get('/sse', async request => {
-      const sse = request.getEventSource()
-      sse.send('one')
-      return sse.close()
-    })
-    app.get('/next', async () => 'next')
+for (const chunked of [true, false]) {
+  test(`after close() the connection is clean and ${chunked ? 'serves the next request (chunked: true)' : 'ends with the stream (close-delimited, the default)'}`, async t => {
+    const { url } = await start(t, app => {
+      app.get('/sse', async request => {
+        const sse = request.getEventSource()
+        sse.send('one')
+        return sse.close()
+      })
+      app.get('/next', async () => 'next')
+    }, { chunked })
+    const agent = new Agent({ connections: 1, pipelining: 1 })
+    t.teardown(() => agent.destroy())
+    const sockets = new Set<unknown>()
+    agent.on('connect', (_origin, targets) => sockets.add(targets))
+    const first = await undiciRequest(url + '/sse', { dispatcher: agent })
+    t.equal(await first.body.text(), 'data: one\n\n')
+    const second = await undiciRequest(url + '/next', { dispatcher: agent })
+    t.equal(await second.body.text(), 'next')
+    t.equal(sockets.size, chunked ? 1 : 2, chunked ? 'both requests used one connection' : 'the next request opened a new connection')
   })
-  const agent = new Agent({ connections: 1, pipelining: 1 })
-  t.teardown(() => agent.destroy())
-  const sockets = new Set<unknown>()
-  agent.on('connect', (_origin, targets) => sockets.add(targets))
-  const first = await undiciRequest(url + '/sse', { dispatcher: agent })
-  t.equal(await first.body.text(), 'data: one\n\n')
-  const second = await undiciRequest(url + '/next', { dispatcher: agent })
-  t.equal(await second.body.text(), 'next')
-  t.equal(sockets.size, 1, 'both requests used one connection')
-})
+}

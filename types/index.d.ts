@@ -641,6 +641,12 @@ declare namespace fastifyEventSources {
     adapter?: EventSourceAdapter | undefined
     /** Coalesce writes: every source's messages of one tick go out in one socket write. Default false. */
     batch?: boolean | undefined
+    /**
+     * HTTP/1.1 body framing. false (default): the body runs to the end of the connection (`Connection: close`, no
+     * `Transfer-Encoding`), one write per event with no chunk header. true: `Transfer-Encoding: chunked`, for an
+     * intermediary that insists on it. HTTP/1.0 requests and HTTP/2 are not affected.
+     */
+    chunked?: boolean | undefined
     /** Longest a fan-out (broadcast, publish, ping round) blocks the event loop before yielding, in ms. Default 50. */
     fanOutSlice?: number | undefined
     /** On fastify.close(), how long (ms) ended streams may take to flush before their sockets are cut. Default 1000. */

@@ -52,6 +52,8 @@ test('options', () => {
   expect(app.register(eventSources, { headers: { 'x-number': 1 } })).type.toRaiseError()
   expect(app.register(eventSources, { serializer: (value: unknown) => value })).type.toRaiseError()
   expect(app.register(eventSources, { slowClient: 'ignore' })).type.toRaiseError()
+  expect(app.register(eventSources, { chunked: true })).type.not.toRaiseError()
+  expect(app.register(eventSources, { chunked: 'yes' })).type.toRaiseError()
   expect(app.register(eventSources, { unknownOption: true })).type.toRaiseError()
 })
 

@@ -20,6 +20,9 @@ function memory () {
 
 const PING_MS = Number(process.env.PING_MS) || 0
 
+// A normal exit on SIGTERM, so that a server run under --cpu-prof writes its profile.
+process.on('SIGTERM', () => process.exit(0))
+
 // Repeating timers alive, ref'd or not (getActiveResourcesInfo skips unref'd ones). Counted by wrapping
 // setInterval before any contender loads, and only in ping runs; async_hooks would tax every write instead.
 const intervals = new Set()

@@ -21,9 +21,13 @@ if (PING_MS > 0) {
   }, PING_MS).unref()
 }
 
+// FRAMING=close: the body runs to the end of the connection, no chunk header per write.
+const close = process.env.FRAMING === 'close'
+
 const server = http.createServer((req, res) => {
   if (req.url === '/sse') {
-    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive' })
+    if (close) res.useChunkedEncodingByDefault = false
+    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: close ? 'close' : 'keep-alive' })
     res.write('data: hello\n\n')
     clients.add(res)
     control.connected()

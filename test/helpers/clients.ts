@@ -19,13 +19,14 @@ export function stalledClient (t: Test, url: string, path: string, headers: Reco
   return socket
 }
 
-/** Reads an HTTP/1.1 response from raw bytes: the head, then the chunked body decoded. */
+/** Reads an HTTP/1.1 response from raw bytes: the head, then the body (decoded when chunked, else up to the close). */
 export class ChunkedReader {
   head: string | undefined
   body: Buffer[] = []
   bodyBytes = 0
   ended = false
   #pending: Buffer = Buffer.alloc(0)
+  #chunked = true
   #onBody: ((chunk: Buffer) => void) | undefined
 
   constructor (onBody?: (chunk: Buffer) => void) {
@@ -41,7 +42,18 @@ export class ChunkedReader {
         return
       }
       this.head = buf.subarray(0, end).toString('latin1')
+      this.#chunked = /\r\ntransfer-encoding: *chunked\r?$/im.test(this.head)
       buf = buf.subarray(end + 4)
+    }
+    if (!this.#chunked) {
+      this.#pending = Buffer.alloc(0)
+      if (buf.length > 0) {
+        const chunk = Buffer.from(buf)
+        this.body.push(chunk)
+        this.bodyBytes += chunk.length
+        this.#onBody?.(chunk)
+      }
+      return
     }
     for (;;) {
       const line = buf.indexOf('\r\n')
@@ -60,6 +72,11 @@ export class ChunkedReader {
       buf = buf.subarray(line + 2 + size + 2)
     }
     this.#pending = Buffer.from(buf)
+  }
+
+  /** The connection ended: that is the end of a close-delimited body (a chunked one ends only with its last chunk). */
+  connectionEnded (): void {
+    if (!this.#chunked) this.ended = true
   }
 
   text (): string {
