@@ -110,6 +110,25 @@ test('a typed source is still a source: it goes where an untyped one is expected
   expect(found?.send({ from: 'ann' }, { event: 'feed' })).type.toRaiseError()
 })
 
+test('stream() on a typed source: event names items of that event\'s type, or map returns messages of the map', () => {
+  const sse = {} as HttpRequestEventSource<ChatEvents>
+  async function * feed (): AsyncGenerator<{ text: string, from: string }> {}
+  async function * numbers (): AsyncGenerator<number> {}
+  expect(sse.stream(feed(), { event: 'feed' })).type.toBe<Promise<number>>()
+  expect(sse.stream(numbers(), { map: n => ({ event: 'typing', data: { from: String(n) } }) })).type.toBe<Promise<number>>()
+  expect(sse.stream(numbers(), { map: n => n > 1 ? { data: String(n) } : undefined })).type.toBe<Promise<number>>()
+
+  expect(sse.stream(numbers(), { event: 'feed' })).type.toRaiseError()
+  expect(sse.stream(feed(), { event: 'unknown' })).type.toRaiseError()
+  expect(sse.stream(numbers(), { map: n => ({ event: 'feed', data: n }) })).type.toRaiseError()
+  expect(sse.stream(numbers(), { event: 'typing', map: () => undefined })).type.toRaiseError()
+
+  const untyped = {} as HttpRequestEventSource
+  expect(untyped.stream(numbers(), { event: 'anything' })).type.toBe<Promise<number>>()
+  expect(untyped.stream(numbers(), { map: n => ({ data: n, id: String(n) }) })).type.toBe<Promise<number>>()
+  expect(untyped.stream(numbers())).type.toBe<Promise<number>>()
+})
+
 test('run<Map>() checks what map returns against the event map', () => {
   async function * tokens (): AsyncGenerator<string> {}
   expect(app.eventSources.run<ChatEvents, string>('k', tokens(), { map: text => ({ event: 'feed', data: { text, from: 'bot' } }), ttl: 1000 })).type.toBe<Promise<import('./index').RunResult>>()

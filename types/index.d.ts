@@ -329,7 +329,9 @@ declare namespace fastifyEventSources {
      * FST_ERR_SSE_INVALID_FIELD (a bad event/id/retry, a bad source such as a string, bad options) or
      * FST_ERR_SSE_SERIALIZATION. Give the producer `signal` so it can stop its own work too.
      */
-    stream<T> (source: StreamSource<T>, options?: StreamOptions<T>): Promise<number>
+    stream<K extends keyof Events & string> (source: StreamSource<Events[K]>, options: { event: K, map?: undefined }): Promise<number>
+    stream<T> (source: StreamSource<T>, options: { event?: undefined, map (item: StreamItem<T>): EventMessage<Events> | undefined }): Promise<number>
+    stream<T> (source: StreamSource<T>, options?: string extends keyof Events ? StreamOptions<T> : never): Promise<number>
     /**
      * Follows the run `key`: its events from the start, or after this source's Last-Event-ID, written in bounded
      * pieces, then live; the source is closed after the end event, and the promise resolves then (or when the
