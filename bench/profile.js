@@ -6,9 +6,9 @@
 //
 // The profile is left in bench/results/profiles/ for Chrome DevTools or speedscope.
 
-const { spawn } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
+const { pinned } = require('./processes')
 
 const args = process.argv.slice(2)
 const value = (name, fallback) => args.find(a => a.startsWith(`--${name}=`))?.split('=')[1] ?? fallback
@@ -27,15 +27,12 @@ const server = SERVERS[id]
 const dir = path.join(__dirname, 'results', 'profiles')
 fs.mkdirSync(dir, { recursive: true })
 
-function pinned (core, nodeArgs, env) {
-  const quoted = nodeArgs.map(a => `'${a}'`).join(' ')
-  return spawn('bash', ['-c', `ulimit -n "$(ulimit -Hn)"; exec taskset -c ${core} node ${quoted}`], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'inherit'] })
-}
+const pinnedWithStdin = (core, nodeArgs, env) => pinned(core, nodeArgs, env, 'pipe')
 
 async function main () {
   const name = `${id}-${what}-${n}`
   for (const f of fs.readdirSync(dir)) if (f.startsWith(name + '.')) fs.rmSync(path.join(dir, f))
-  const child = pinned(0, ['--expose-gc', '--cpu-prof', `--cpu-prof-dir=${dir}`, `--cpu-prof-name=${name}.cpuprofile`, '--cpu-prof-interval=200', path.join(__dirname, 'servers', server.file)], { ...server.env, PING_MS: '0' })
+  const child = pinnedWithStdin(0, ['--expose-gc', '--cpu-prof', `--cpu-prof-dir=${dir}`, `--cpu-prof-name=${name}.cpuprofile`, '--cpu-prof-interval=200', path.join(__dirname, 'servers', server.file)], { ...server.env, PING_MS: '0' })
   const exited = new Promise(resolve => child.once('exit', resolve))
   const port = await new Promise(resolve => {
     let buf = ''
@@ -48,7 +45,7 @@ async function main () {
   const cfg = what === 'broadcast'
     ? { port, n, mode: 'main', rounds: 20, healthRounds: 0, blastMs: 0, bursts: [], settleMs: 500 }
     : { port, n, mode: 'main', rounds: 1, healthRounds: 0, blastMs: 4000, bursts: [what === 'sustained10' ? 10 : 1], settleMs: 500 }
-  const client = pinned(1, [path.join(__dirname, 'load-client.js'), JSON.stringify(cfg)], {})
+  const client = pinnedWithStdin(1, [path.join(__dirname, 'load-client.js'), JSON.stringify(cfg)], {})
   const line = await new Promise(resolve => {
     let buf = ''
     client.stdout.on('data', d => {

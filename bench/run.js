@@ -7,10 +7,11 @@
 //   node bench/run.js --full     N = 1,000, 5,000 and 10,000, more rounds, longer sustained runs
 //   options: --only=plain,plugin  --n=1000,5000  --no-report  --before=<dist dir of another build>
 
-const { spawn, execFileSync } = require('node:child_process')
+const { execFileSync } = require('node:child_process')
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
+const { pinning, pinned } = require('./processes')
 const { writeReport } = require('./report')
 
 const args = process.argv.slice(2)
@@ -45,26 +46,9 @@ const only = value('only')?.split(',')
 const contenders = only ? CONTENDERS.filter(c => only.includes(c.id)) : CONTENDERS
 const defaultPlan = plan
 
-const hasTaskset = (() => {
-  try {
-    execFileSync('taskset', ['-c', '0', 'true'])
-    return true
-  } catch {
-    return false
-  }
-})()
 const cores = os.cpus().length
-const pinning = hasTaskset && cores > 1
-
-// Both processes get the hard limit of open files (the shell's soft limit is often 1024), and a core each.
-function pinned (core, nodeArgs, env) {
-  const pin = hasTaskset && cores > 1 ? `taskset -c ${core} ` : ''
-  const quoted = nodeArgs.map(a => `'${a.replace(/'/g, "'\\''")}'`).join(' ')
-  return spawn('bash', ['-c', `ulimit -n "$(ulimit -Hn)"; exec ${pin}node ${quoted}`], {
-    env: { ...process.env, ...env },
-    stdio: ['pipe', 'pipe', 'inherit']
-  })
-}
+// Both keep stdin as a pipe: the load client is told to stop over it.
+const pinnedWithStdin = (core, nodeArgs, env) => pinned(core, nodeArgs, env, 'pipe')
 
 function firstLine (child, match) {
   return new Promise((resolve, reject) => {
@@ -90,12 +74,12 @@ function firstLine (child, match) {
 
 async function runOne (contender, n, mode, plan = defaultPlan) {
   const env = { ...contender.env, PING_MS: mode === 'ping' ? String(plan.pingMs) : '0' }
-  const server = pinned(0, ['--expose-gc', path.join(__dirname, 'servers', contender.file)], env)
+  const server = pinnedWithStdin(0, ['--expose-gc', path.join(__dirname, 'servers', contender.file)], env)
   const serverExit = new Promise(resolve => server.once('exit', resolve))
   try {
     const port = Number((await firstLine(server, l => l.startsWith('listening '))).split(' ')[1])
     const cfg = { port, n, mode, pingMs: plan.pingMs, windowMs: plan.windowMs, rounds: plan.rounds, healthRounds: plan.sustainedNs.includes(n) ? plan.healthRounds : 0, blastMs: plan.blastMs, bursts: plan.sustainedNs.includes(n) ? plan.bursts : [], settleMs: plan.settleMs, probeCore: pinning ? 0 : undefined }
-    const client = pinned(1, [path.join(__dirname, 'load-client.js'), JSON.stringify(cfg)], {})
+    const client = pinnedWithStdin(1, [path.join(__dirname, 'load-client.js'), JSON.stringify(cfg)], {})
     const clientExit = new Promise(resolve => client.once('exit', resolve))
     let result
     try {
@@ -135,7 +119,7 @@ function machine () {
     cores,
     memoryGB: Math.round(os.totalmem() / 2 ** 30),
     os: `${os.type()} ${os.release()}`,
-    pinned: hasTaskset && cores > 1 ? 'server on CPU 0, load client on CPU 1 (taskset)' : 'not pinned'
+    pinned: pinning ? 'server on CPU 0, load client on CPU 1 (taskset)' : 'not pinned'
   }
 }
 
