@@ -35,6 +35,12 @@ const CLAIMS_PER_MESSAGE = 500
  * instance's clock: what was published to it within that margin before it opened may reach it too.
  */
 const CLOCK_MARGIN = 50
+/**
+ * How long route changes are gathered before one subscribe (and one read of the stream) carries them all. Live
+ * delivery on the instance waits meanwhile when a route is new: a busy instance trades these milliseconds for one
+ * command per batch instead of one per connection.
+ */
+const ROUTE_BATCH = 5
 /** How old the estimate of Redis's clock may get before it is measured again (when a new route needs it). */
 const CLOCK_AGE = 10_000
 
@@ -147,7 +153,7 @@ class RedisAdapter implements EventSourceAdapter {
     this.#runLease = positive('runs.lease', runs?.lease, 10_000)
     const presence = options.presence
     if (presence !== undefined && presence !== false && (typeof presence !== 'object' || presence === null)) fail('presence', 'must be { heartbeat, flush } or false')
-    const routing = options.routing ?? 'selective'
+    const routing = options.routing === undefined ? 'selective' : options.routing
     if (routing !== 'selective' && routing !== 'all') fail('routing', `must be 'selective' or 'all', got ${String(routing)}`)
     this.routing = routing
     this.#presenceSettings = presence === false
@@ -464,14 +470,14 @@ class RedisAdapter implements EventSourceAdapter {
    */
   #sync (): void {
     if (this.#catchingUp !== undefined || this.#closed || !this.#subscribed) return
-    // Route changes wait for the end of this loop turn: the connections opened in it go in one batch.
+    // Route changes are gathered for ROUTE_BATCH ms: the connections opened meanwhile go in one batch.
     if (!this.#again && !this.#reread) {
       if (this.#batching) return
       this.#batching = true
-      setImmediate(() => {
+      setTimeout(() => {
         this.#batching = false
         this.#runNow()
-      })
+      }, ROUTE_BATCH).unref()
       return
     }
     this.#runNow()
@@ -492,6 +498,7 @@ class RedisAdapter implements EventSourceAdapter {
     const subscriber = this.#subscriber as Redis
     const routes = this.#routes
     let complete = false
+    let batches = 0
     try {
       while ((this.#again || this.#reread || routes?.pending === true) && !this.#closed) {
         complete = false
@@ -507,6 +514,8 @@ class RedisAdapter implements EventSourceAdapter {
           if (this.#history === undefined) this.#host?.gap(undefined, undefined)
           missed = true
         } else if (routes?.pending === true) {
+          // Changes made during the last batch's round trips: gather a little longer, as the first batch did.
+          if (batches++ > 0) await sleep(ROUTE_BATCH)
           const { add, remove } = routes.take()
           // A failed unsubscribe only leaves a channel whose messages are ignored here.
           if (remove.length > 0) await this.#bounded(subscriber.unsubscribe(...remove)).catch(() => {})
