@@ -557,6 +557,11 @@ class RedisAdapter implements EventSourceAdapter {
       // Inclusive of the cursor: finding it again proves nothing after it was trimmed.
       const entries = await this.#retried(() => history.page(cursor, count + 1))
       if (entries === undefined) {
+        if (!missed) {
+          // Live delivery on the routes held before lost nothing: only a new route's first round trip may have.
+          host.log.warn({ lastId: cursor }, 'fastify-event-sources: could not read the history for a new route; what was published to it before its subscription held is not delivered')
+          return
+        }
         host.log.warn({ lastId: cursor }, 'fastify-event-sources: could not read the history after reconnecting; reporting a gap')
         host.gap(undefined, cursor)
         return
