@@ -175,3 +175,28 @@ if (redisReady(tap)) {
     for (const c of clients) c.abort()
   })
 }
+
+if (redisReady(tap)) {
+  test('a new route whose subscribe times out: what was held meanwhile is read again, not lost', { skip: hasRedisServer ? false : 'redis-server not found' }, async t => {
+    const redis = await PrivateRedis.start(t)
+    const control = redis.client(t)
+    const adapterOptions = { url: redis.url, publishTimeout: 300 }
+    const a = await start(t, routes(), { adapter: redisAdapter(adapterOptions) })
+    const b = await start(t, routes((_app, _id, topics) => {
+      if (!topics.includes('new')) return
+      // The new route's hold has begun: this message reaches b while it holds, then Redis stops answering
+      // until after b's subscribe for the new route has timed out.
+      a.app.eventSources.publish('held', { to: { topic: 'old' } }).catch(() => {})
+      control.call('CLIENT', 'PAUSE', '1200', 'ALL').catch(() => {})
+    }), { adapter: redisAdapter(adapterOptions) })
+    const old = await openRaw(t, `${b.url}/sse?topics=old`)
+    const deadline = Date.now() + 3000
+    while (Number((await control.pubsub('NUMSUB', 'fastify-event-sources:t:old') as [string, number])[1]) === 0 && Date.now() < deadline) await sleep(10)
+    const fresh = await openRaw(t, `${b.url}/sse?topics=new`)
+    await until(() => old.events.length >= 1, 8000, 'the held message')
+    t.same(old.events.map(e => e.data), ['held'], 'delivered once the route was subscribed and the stream read again')
+    await a.app.eventSources.publish('after', { to: { topic: 'new' } })
+    await until(() => fresh.events.length >= 1, 5000, 'the new route live')
+    t.same(fresh.events.map(e => e.data), ['after'])
+  })
+}

@@ -502,6 +502,8 @@ class RedisAdapter implements EventSourceAdapter {
     try {
       while ((this.#again || this.#reread || routes?.pending === true) && !this.#closed) {
         complete = false
+        // Reading again holds live delivery again, so that what is read stays in order with it.
+        if (this.#reread) this.#held ??= []
         this.#reread = false
         let missed = false
         if (this.#again) {
@@ -538,9 +540,11 @@ class RedisAdapter implements EventSourceAdapter {
       this.#held = null
       this.#heldBytes = 0
       const host = this.#host
-      // Held messages follow a stretch that was not read: drop them, the next catch-up reads them from the stream.
+      // Held messages follow a stretch that was not read: drop them, and read them from the stream next time (after a
+      // lost subscription, its return does; otherwise the next run, at once).
       if (complete && host !== undefined && !this.#closed) for (const message of held) this.#deliver(host, message)
       if (complete) this.#fresh.clear()
+      else if (this.#history !== undefined && !this.#closed) this.#reread = true
     }
   }
 
