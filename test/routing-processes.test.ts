@@ -191,11 +191,13 @@ if (redisReady(tap)) {
 
     // It comes back on b with its Last-Event-ID: the replay brings what it missed, then b carries its routes live.
     board.release()
-    const opened = await stateWhen(b, 'a:m', state => state.active && state.lastEventId === lastSeen, 'the mover to open on b')
+    await stateWhen(b, 'a:m', state => state.active && state.lastEventId === lastSeen, 'the mover to open on b')
     audiences[1].push(mover)
     await subscribedWhen(redis, channelsOf(prefix, [mover]), 1, 'b to subscribe to the mover\'s routes')
     await publish(0, 'sync', 'a:m')
     await until(() => moverClient.data.includes('sync'), WAIT, 'the mover to get a live message on b')
+    // Read after a live message arrived: the replay is written before anything live.
+    const opened = await stateWhen(b, 'a:m', state => state.active, 'the mover on b')
     const back = await metrics()
     for (let from = 0; from < 3; from++) {
       await publish(from, `${'abc'[from]}>a:m back`, 'a:m')
