@@ -200,3 +200,31 @@ if (redisReady(tap)) {
     t.same(fresh.events.map(e => e.data), ['after'])
   })
 }
+
+if (redisReady(tap)) {
+  for (const history of [true, false]) {
+    test(`instances with either routing share a prefix (a rollout), ${history ? 'with' : 'without'} history: every client gets its messages once`, async t => {
+      const prefix = uniquePrefix(t)
+      const options = (routing: 'all' | 'selective') => ({ adapter: redisAdapter({ url: redisUrl, channelPrefix: prefix, routing, ...(history ? {} : { history: false as const }) }) })
+      const all = await start(t, routes(), options('all'))
+      const selective = await start(t, routes(), options('selective'))
+      const onAll = await openRaw(t, `${all.url}/sse?id=x&topics=p,q`)
+      const onSelective = await openRaw(t, `${selective.url}/sse?id=y&topics=p,q`)
+      const redis = redisClient(t)
+      const deadline = Date.now() + 3000
+      while (Number((await redis.pubsub('NUMSUB', `${prefix}t:q`) as [string, number])[1]) === 0 && Date.now() < deadline) await sleep(10)
+      for (const [name, app] of [['all', all.app], ['selective', selective.app]] as const) {
+        await app.eventSources.publish(`${name}:to x`, { to: 'x' })
+        await app.eventSources.publish(`${name}:to y`, { to: 'y' })
+        await app.eventSources.publish(`${name}:p`, { to: { topic: 'p' } })
+        await app.eventSources.publish(`${name}:p+q`, { to: { topic: ['p', 'q'] } })
+        await app.eventSources.publish(`${name}:everyone`)
+      }
+      const mine = (name: string): string[] => ['all', 'selective'].flatMap(from => [`${from}:to ${name}`, `${from}:p`, `${from}:p+q`, `${from}:everyone`])
+      await until(() => onAll.events.length >= 8 && onSelective.events.length >= 8, 5000, 'every message')
+      await sleep(100)
+      t.same(onAll.events.map(e => e.data), mine('x'), 'the client of the instance with routing \'all\'')
+      t.same(onSelective.events.map(e => e.data), mine('y'), 'the client of the selective instance')
+    })
+  }
+}

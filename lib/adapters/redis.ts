@@ -7,7 +7,7 @@ import { isTarget } from '../target'
 import { checkTopics } from '../topics'
 import type { AdapterHost, AdapterPublishOptions, ControlMessage, CountTarget, EventSourceAdapter, PresenceListener, PublishedMessage, ReplayResult } from './adapter'
 import { PRESENCE_DEFAULTS, RedisPresence, type PresenceSettings } from './redis-presence'
-import { Routes } from './routes'
+import { Routes, type RouteNames } from './routes'
 import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
 import type { RedisAdapterOptions } from '../../types/redis'
@@ -80,6 +80,7 @@ class RedisAdapter implements EventSourceAdapter {
   readonly claimChannel: string
   readonly controlChannel: string
   readonly routing: 'selective' | 'all'
+  #names: RouteNames
   #keys: StreamKeys
   #maxTopics: number
   #topicTtl: number
@@ -168,6 +169,11 @@ class RedisAdapter implements EventSourceAdapter {
     this.messageChannel = prefix + 'messages'
     this.claimChannel = prefix + 'claims'
     this.controlChannel = prefix + 'control'
+    this.#names = {
+      everyone: this.messageChannel,
+      identifier: identifier => prefix + 'i:' + identifier,
+      topic: topic => prefix + 't:' + topic
+    }
     this.#keys = streamKeys(prefix)
   }
 
@@ -186,11 +192,7 @@ class RedisAdapter implements EventSourceAdapter {
     this.#subscriber = subscriber
     if (this.hasHistory) this.#history = new RedisStreamsHistory(client, this.#keys, this.#maxLen)
     const routes = this.routing === 'selective'
-      ? new Routes(host.presence, {
-        everyone: this.messageChannel,
-        identifier: identifier => this.channelPrefix + 'i:' + identifier,
-        topic: topic => this.channelPrefix + 't:' + topic
-      }, channel => this.#opened(channel), () => this.#sync())
+      ? new Routes(host.presence, this.#names, channel => this.#opened(channel), () => this.#sync())
       : undefined
     this.#routes = routes
     subscriber.on('message', (channel: string, payload: string) => {
@@ -198,6 +200,8 @@ class RedisAdapter implements EventSourceAdapter {
       else if (channel === this.controlChannel) this.#onControl(payload)
       else if (channel === this.messageChannel || routes?.has(channel) === true) this.#onMessage(payload, channel)
     })
+    // Routing 'all' also hears what selective instances publish on their routes' channels.
+    subscriber.on('pmessage', (_pattern: string, channel: string, payload: string) => this.#onMessage(payload, channel))
     subscriber.on('ready', () => {
       if (this.#subscribed) this.#catchUp()
     })
@@ -212,6 +216,7 @@ class RedisAdapter implements EventSourceAdapter {
       if (user?.status === 'wait') user.connect().catch(() => {})
       await Promise.all([client, subscriber].map(c => this.#ready(c)))
       await subscriber.subscribe(...this.#channels())
+      if (routes === undefined) await subscriber.psubscribe(...this.#patterns())
       if (this.#history !== undefined) this.#seen(await this.#history.latestId())
       if (routes !== undefined && this.#history !== undefined) await this.#clock()
     } catch (err) {
@@ -254,6 +259,15 @@ class RedisAdapter implements EventSourceAdapter {
   #channels (): string[] {
     const shared = [this.messageChannel, this.claimChannel, this.controlChannel]
     return this.#routes === undefined ? shared : [...shared, ...this.#routes.all()]
+  }
+
+  /**
+   * With routing 'all': the route channels of selective instances sharing the prefix, by pattern (the prefix's glob
+   * characters escaped), so that instances with either routing can share a prefix, during a rollout for example.
+   */
+  #patterns (): string[] {
+    const prefix = this.channelPrefix.replace(/[*?[\]\\]/g, '\\$&')
+    return [prefix + 'i:*', prefix + 't:*']
   }
 
   /** Identifiers following `topic` on every live instance sharing the prefix, each once. */
@@ -386,6 +400,14 @@ class RedisAdapter implements EventSourceAdapter {
     return multi.exec()
   }
 
+  /** A message to several topics comes once per topic channel heard here: the copy on the first of them counts. */
+  #firstCopy (message: PublishedMessage, channel: string): boolean {
+    if (this.#routes !== undefined) return this.#routes.first(message, channel)
+    const to = message.to
+    if (channel === this.messageChannel || typeof to !== 'object' || !('topic' in to) || typeof to.topic === 'string') return true
+    return channel === this.#names.topic(to.topic[0])
+  }
+
   #onMessage (payload: string, channel: string): void {
     const host = this.#host
     if (host === undefined || this.#closed) return
@@ -398,7 +420,7 @@ class RedisAdapter implements EventSourceAdapter {
       return
     }
     // Without history there is no position to tell a second copy by.
-    if (this.#history === undefined && this.#routes !== undefined && !this.#routes.first(message, channel)) return
+    if (this.#history === undefined && !this.#firstCopy(message, channel)) return
     const held = this.#held
     if (held === null) {
       this.#deliver(host, message)
@@ -510,6 +532,7 @@ class RedisAdapter implements EventSourceAdapter {
           this.#again = false
           if (subscriber.status !== 'ready') return
           await this.#bounded(subscriber.subscribe(...this.#channels()))
+          if (routes === undefined) await this.#bounded(subscriber.psubscribe(...this.#patterns()))
           // Claims made elsewhere while this subscription was down were missed: announcing ours makes newer ones answer.
           this.#announceAll()
           // Live only: what was published while the subscription was down is gone.

@@ -123,7 +123,8 @@ export class Routes implements PresenceListener {
    */
   first (message: PublishedMessage, channel: string): boolean {
     const to = message.to
-    if (typeof to !== 'object' || !('topic' in to) || typeof to.topic === 'string') return true
+    // On the everyone channel a message comes once, whatever its target (from an instance with routing 'all').
+    if (channel === this.names.everyone || typeof to !== 'object' || !('topic' in to) || typeof to.topic === 'string') return true
     for (const topic of to.topic) {
       const own = this.names.topic(topic)
       if (this.#subscribed.has(own)) return own === channel
