@@ -271,8 +271,9 @@ class RedisClusterAdapter implements EventSourceAdapter {
     const topics = topicsOf(message.to) ?? []
     const body = encode(message, false)
     const plain = topics.length === 0
+    // The sequencer refuses to run it past the publish's deadline: it would then take an id after later publishes.
     const sequencer = client.pipeline().eval(SEQUENCE, 5, keys.seq, keys.pending, keys.epoch, key === undefined ? keys.seq : keys.key(key), keys.plain,
-      plain ? 'p' : 't', body, this.messageChannel, this.#maxLen, this.#keyTtl, key === undefined ? '0' : '1')
+      plain ? 'p' : 't', body, this.messageChannel, this.#maxLen, this.#keyTtl, key === undefined ? '0' : '1', Date.now() + this.#timeout)
     if (plain) this.#waitReplica(sequencer, keys.seq)
     const [id, seen] = this.#reply(await sequencer.exec(), plain) as [string, number]
     if (seen === 1 || plain) return
@@ -787,16 +788,16 @@ class RedisClusterAdapter implements EventSourceAdapter {
 }
 
 /**
- * Fail fast rather than queue while a shard is away (a queued publish would arrive late and out of order), and
- * never send a command again after its connection dropped (a write sent twice would be stored twice). The slot
- * map is refreshed every second, and at once on a MOVED reply or a connection error.
+ * Fail fast rather than queue or retry while a shard is away: a publish retried after it was reported failed
+ * would take its id after later publishes, and one sent again after its connection dropped may be stored twice.
+ * (A MOVED reply is still followed: the command did not run.) The slot map is refreshed every second.
  */
 const CLUSTER_OPTIONS: ClusterOptions = {
   enableOfflineQueue: false,
   slotsRefreshInterval: 1000,
-  retryDelayOnFailover: 100,
-  retryDelayOnClusterDown: 100,
-  retryDelayOnTryAgain: 100,
+  retryDelayOnFailover: 0,
+  retryDelayOnClusterDown: 0,
+  retryDelayOnTryAgain: 0,
   redisOptions: { maxRetriesPerRequest: 0, autoResendUnfulfilledCommands: false } satisfies Partial<RedisOptions>
 }
 

@@ -105,9 +105,13 @@ end
  * (`p`); a message to topics is recorded as pending (`t`) until its topic streams hold it. With an idempotency
  * key seen before, returns that id and `1`.
  *
- * KEYS: seq, pending, epoch, idempotency key, plain. ARGV: mode, body, channel, maxLen, keyTtl, keyed.
+ * Past the deadline (ms, the publisher's clock) it refuses: its publisher has reported it failed.
+ *
+ * KEYS: seq, pending, epoch, idempotency key, plain. ARGV: mode, body, channel, maxLen, keyTtl, keyed, deadline.
  */
-export const SEQUENCE = APPEND_FUNCTION + `local keyed = ARGV[6] == '1'
+export const SEQUENCE = APPEND_FUNCTION + `local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[7]) then return redis.error_reply('EXPIRED the publish timed out before it was sequenced') end
+local keyed = ARGV[6] == '1'
 if keyed then
   local seen = redis.call('GET', KEYS[4])
   if seen then return {seen, 1} end
