@@ -93,7 +93,7 @@ if (clusterReady(tap)) {
       t.ok(backAfter < 5000, 'within 5 s')
 
       const received = (): string[] => live.events.filter(e => e.type === 'message').map(e => e.data)
-    await until(() => resolved.every(text => received().includes(text)), 10_000, 'every resolved message on the live stream')
+      await until(() => resolved.every(text => received().includes(text)), 10_000, 'every resolved message on the live stream')
       await sleep(100)
       const published = new Set([...resolved, ...rejected])
       t.equal(live.opens, 1, 'the live stream stayed open')
