@@ -91,7 +91,7 @@ if (!hasRedisServer) {
     const control = redis.client(t)
     const [id] = await subscriberIds(control, b.name)
     const pipeline = control.pipeline().client('KILL', 'ID', id)
-    for (let n = 0; n < 30; n++) pipeline.eval(APPEND_AND_PUBLISH, ...appendArguments(streamKeys(prefix), prefix + 'messages', { data: `m${n}` }, { maxLen: 4, maxTopics: 0, ttl: 0 }))
+    for (let n = 0; n < 30; n++) pipeline.eval(APPEND_AND_PUBLISH, ...appendArguments(streamKeys(prefix), [prefix + 'messages'], { data: `m${n}` }, { maxLen: 4, maxTopics: 0, ttl: 0 }))
     await pipeline.exec()
     const held = await stored(control, prefix)
     const newest = held.at(-1)?.[0]

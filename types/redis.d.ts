@@ -44,6 +44,13 @@ declare namespace redisAdapter {
      * the end event with reason 'lost' within about `lease` plus one beat (about 12 s by default, under 15 s).
      */
     runs?: { lease?: number | undefined } | undefined
+    /**
+     * `'selective'` (default): an instance receives from Redis only what it can deliver: messages to every identified
+     * source and to a prefix, and messages to the identifiers and topics of its own sources (one channel each,
+     * `<prefix>i:<identifier>` and `<prefix>t:<topic>`, subscribed while a source here needs it). `'all'`: every
+     * instance receives every message on `<prefix>messages` and keeps what it can deliver.
+     */
+    routing?: 'selective' | 'all' | undefined
   }
 
   /**
@@ -66,12 +73,14 @@ declare namespace redisAdapter {
     readonly channelPrefix: string
     /** `<prefix>stream`: the Redis Stream holding the history. */
     readonly streamKey: string
-    /** `<prefix>messages`: the channel published messages travel on. */
+    /** `<prefix>messages`: the channel messages to everyone and to prefixes travel on (every message with routing `'all'`). */
     readonly messageChannel: string
     /** `<prefix>claims`: the channel that tells other instances an identifier was opened here. */
     readonly claimChannel: string
     /** `<prefix>control`: the channel that carries `eventSources.subscribe()` / `unsubscribe()` to other instances. */
     readonly controlChannel: string
+    /** How messages reach instances: see `RedisAdapterOptions.routing`. */
+    readonly routing: 'selective' | 'all'
     /** Identifiers following `topic` on every live instance sharing the prefix, each once. */
     presence (topic: string): Promise<string[]>
     /** Open streams on every live instance sharing the prefix (matching `to`). */

@@ -114,9 +114,8 @@ export class RedisPresence implements PresenceListener {
     this.#ids = this.#hash + ':ids'
   }
 
-  /** Starts following this instance's sources, writes them all and the first heartbeat. */
+  /** Writes this instance's sources and the first heartbeat; the adapter passes it every change from then on. */
   async start (): Promise<void> {
-    this.#local.watch(this)
     this.#heartbeat = setInterval(() => { this.#beat() }, this.#settings.heartbeat).unref()
     let failed: unknown
     await this.#write().catch(err => { failed = err })
@@ -163,7 +162,6 @@ export class RedisPresence implements PresenceListener {
     this.#closed = true
     clearTimeout(this.#timer)
     clearInterval(this.#heartbeat)
-    this.#local.watch(undefined)
     await this.#writing?.catch(() => {})
     const keys = [this.#hash, this.#ids, ...[...this.#written].map(topic => this.#topicKey(topic))]
     try {

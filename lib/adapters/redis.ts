@@ -5,8 +5,9 @@ import { APPEND_AND_PUBLISH, PAGE, RedisStreamsHistory, appendArguments, decode,
 import { isAfter } from '../position'
 import { isTarget } from '../target'
 import { checkTopics } from '../topics'
-import type { AdapterHost, AdapterPublishOptions, ControlMessage, CountTarget, EventSourceAdapter, PublishedMessage, ReplayResult } from './adapter'
+import type { AdapterHost, AdapterPublishOptions, ControlMessage, CountTarget, EventSourceAdapter, PresenceListener, PublishedMessage, ReplayResult } from './adapter'
 import { PRESENCE_DEFAULTS, RedisPresence, type PresenceSettings } from './redis-presence'
+import { Routes } from './routes'
 import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
 import { RedisClusterAdapter } from './redis-cluster'
@@ -30,6 +31,19 @@ const PAGE_BYTES = 4 * 1024 * 1024
 const READ_ATTEMPTS = 8
 /** Claims per announcement message when re-announcing every source after a reconnect. */
 const CLAIMS_PER_MESSAGE = 500
+/**
+ * A new route's first source counts as opened this long before the Redis time it opened at, as estimated from this
+ * instance's clock: what was published to it within that margin before it opened may reach it too.
+ */
+const CLOCK_MARGIN = 50
+/**
+ * How long route changes are gathered before one subscribe (and one read of the stream) carries them all. Live
+ * delivery on the instance waits meanwhile when a route is new: a busy instance trades these milliseconds for one
+ * command per batch instead of one per connection.
+ */
+const ROUTE_BATCH = 5
+/** How old the estimate of Redis's clock may get before it is measured again (when a new route needs it). */
+const CLOCK_AGE = 10_000
 
 function fail (name: string, why: string): never {
   throw new FST_ERR_SSE_INVALID_OPTION(name, why)
@@ -66,6 +80,7 @@ class RedisAdapter implements EventSourceAdapter {
   readonly messageChannel: string
   readonly claimChannel: string
   readonly controlChannel: string
+  readonly routing: 'selective' | 'all'
   #keys: StreamKeys
   #maxTopics: number
   #topicTtl: number
@@ -102,6 +117,18 @@ class RedisAdapter implements EventSourceAdapter {
   #reread = false
   /** A claim could not be announced: announce every source once the connection is back. */
   #unannounced = false
+  /** The channels this instance listens to, with selective routing. */
+  #routes: Routes | undefined
+  /**
+   * Routes subscribed since the last read of the stream, and the Redis time (ms) their first source opened at: what
+   * was published to them before their subscription held is read from the stream, from that time on.
+   */
+  #fresh = new Map<string, number>()
+  /** Redis's clock minus this instance's (ms), the round trip included in the margin, and when it was measured. */
+  #offset = 0
+  #margin = CLOCK_MARGIN
+  #clockAt = -Infinity
+  #batching = false
 
   constructor (options: RedisAdapterOptions = {}) {
     if (typeof options !== 'object' || options === null) fail('redisAdapter', 'options must be an object')
@@ -127,6 +154,9 @@ class RedisAdapter implements EventSourceAdapter {
     this.#runLease = positive('runs.lease', runs?.lease, 10_000)
     const presence = options.presence
     if (presence !== undefined && presence !== false && (typeof presence !== 'object' || presence === null)) fail('presence', 'must be { heartbeat, flush } or false')
+    const routing = options.routing === undefined ? 'selective' : options.routing
+    if (routing !== 'selective' && routing !== 'all') fail('routing', `must be 'selective' or 'all', got ${String(routing)}`)
+    this.routing = routing
     this.#presenceSettings = presence === false
       ? undefined
       : {
@@ -156,10 +186,18 @@ class RedisAdapter implements EventSourceAdapter {
     this.#client = client
     this.#subscriber = subscriber
     if (this.hasHistory) this.#history = new RedisStreamsHistory(client, this.#keys, this.#maxLen)
+    const routes = this.routing === 'selective'
+      ? new Routes(host.presence, {
+        everyone: this.messageChannel,
+        identifier: identifier => this.channelPrefix + 'i:' + identifier,
+        topic: topic => this.channelPrefix + 't:' + topic
+      }, channel => this.#opened(channel), () => this.#sync())
+      : undefined
+    this.#routes = routes
     subscriber.on('message', (channel: string, payload: string) => {
-      if (channel === this.messageChannel) this.#onMessage(payload)
-      else if (channel === this.claimChannel) this.#onClaim(payload)
+      if (channel === this.claimChannel) this.#onClaim(payload)
       else if (channel === this.controlChannel) this.#onControl(payload)
+      else if (channel === this.messageChannel || routes?.has(channel) === true) this.#onMessage(payload, channel)
     })
     subscriber.on('ready', () => {
       if (this.#subscribed) this.#catchUp()
@@ -174,8 +212,9 @@ class RedisAdapter implements EventSourceAdapter {
     try {
       if (user?.status === 'wait') user.connect().catch(() => {})
       await Promise.all([client, subscriber].map(c => this.#ready(c)))
-      await subscriber.subscribe(this.messageChannel, this.claimChannel, this.controlChannel)
+      await subscriber.subscribe(...this.#channels())
       if (this.#history !== undefined) this.#seen(await this.#history.latestId())
+      if (routes !== undefined && this.#history !== undefined) await this.#clock()
     } catch (err) {
       await this.close()
       const why = lastError === undefined ? (err as Error).message : `${(err as Error).message} (${lastError.message})`
@@ -185,12 +224,37 @@ class RedisAdapter implements EventSourceAdapter {
       subscriber.off('error', record)
     }
     this.#subscribed = true
+    let presence: RedisPresence | undefined
     if (this.#presenceSettings !== undefined) {
-      const presence = new RedisPresence(client, host, this.channelPrefix, this.#instance, this.#presenceSettings, op => this.#bounded(op))
+      presence = new RedisPresence(client, host, this.channelPrefix, this.#instance, this.#presenceSettings, op => this.#bounded(op))
       this.#presence = presence
+    }
+    this.#watch(host, routes, presence)
+    if (presence !== undefined) {
       // Not fatal: the heartbeat writes everything once Redis answers.
       await presence.start().catch((err: Error) => host.log.warn({ err }, 'fastify-event-sources: could not write presence yet; retrying'))
     }
+  }
+
+  /** Routes and presence both follow this instance's sources: one listener tells both. */
+  #watch (host: AdapterHost, routes: Routes | undefined, presence: RedisPresence | undefined): void {
+    const listeners: PresenceListener[] = []
+    if (routes !== undefined) listeners.push(routes)
+    if (presence !== undefined) listeners.push(presence)
+    if (listeners.length === 0) return
+    host.presence.watch(listeners.length === 1
+      ? listeners[0]
+      : {
+          streams: () => { for (const listener of listeners) listener.streams() },
+          identifier: identifier => { for (const listener of listeners) listener.identifier(identifier) },
+          topic: (topic, identifier) => { for (const listener of listeners) listener.topic(topic, identifier) }
+        })
+  }
+
+  /** The channels of one subscription: the shared ones, and every route wanted here. */
+  #channels (): string[] {
+    const shared = [this.messageChannel, this.claimChannel, this.controlChannel]
+    return this.#routes === undefined ? shared : [...shared, ...this.#routes.all()]
   }
 
   /** Identifiers following `topic` on every live instance sharing the prefix, each once. */
@@ -210,9 +274,10 @@ class RedisAdapter implements EventSourceAdapter {
     if (client === undefined || this.#closed) throw new FST_ERR_SSE_PUBLISH_FAILED(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
     // A user's client may queue while disconnected; a queued publish would be sent after it was reported failed.
     if (client.status !== 'ready') throw new FST_ERR_SSE_PUBLISH_FAILED(`Redis is not connected (${client.status})`)
+    const channels = this.#routes?.channels(message.to) ?? [this.messageChannel]
     const sent = this.hasHistory
-      ? this.#append(client, message, options?.key)
-      : client.publish(this.messageChannel, '\n' + encode(message, true))
+      ? this.#append(client, channels, message, options?.key)
+      : this.#publishLive(client, channels, '\n' + encode(message, true))
     this.#inFlight.add(sent)
     try {
       await this.#bounded(sent)
@@ -269,6 +334,7 @@ class RedisAdapter implements EventSourceAdapter {
   /** Lets publishes already sent finish, then closes the connections this adapter opened; a client passed in stays open. */
   async close (): Promise<void> {
     await this.#runs?.close()
+    if (this.#routes !== undefined || this.#presence !== undefined) this.#host?.presence.watch(undefined)
     await this.#presence?.close()
     this.#closed = true
     await Promise.race([Promise.allSettled([...this.#inFlight]), sleep(this.#timeout)])
@@ -305,8 +371,8 @@ class RedisAdapter implements EventSourceAdapter {
    * Always EVAL, never EVALSHA: after SCRIPT FLUSH, a failover or a restart, an EVALSHA that fails and is sent
    * again as EVAL would be overtaken by later publishes. The script is short, and Redis caches it by its hash.
    */
-  async #append (client: Redis, message: PublishedMessage, key: string | undefined): Promise<unknown> {
-    return client.eval(APPEND_AND_PUBLISH, ...appendArguments(this.#keys, this.messageChannel, message, {
+  async #append (client: Redis, channels: string[], message: PublishedMessage, key: string | undefined): Promise<unknown> {
+    return client.eval(APPEND_AND_PUBLISH, ...appendArguments(this.#keys, channels, message, {
       maxLen: this.#maxLen,
       key: key === undefined ? undefined : { name: this.channelPrefix + 'key:' + key, ttl: this.#keyTtl },
       maxTopics: this.#maxTopics,
@@ -314,7 +380,14 @@ class RedisAdapter implements EventSourceAdapter {
     }))
   }
 
-  #onMessage (payload: string): void {
+  async #publishLive (client: Redis, channels: string[], payload: string): Promise<unknown> {
+    if (channels.length === 1) return client.publish(channels[0], payload)
+    const multi = client.multi()
+    for (const channel of channels) multi.publish(channel, payload)
+    return multi.exec()
+  }
+
+  #onMessage (payload: string, channel: string): void {
     const host = this.#host
     if (host === undefined || this.#closed) return
     const newline = payload.indexOf('\n')
@@ -322,9 +395,11 @@ class RedisAdapter implements EventSourceAdapter {
     try {
       message = decode(payload.slice(newline + 1), newline > 0 ? payload.slice(0, newline) : undefined)
     } catch (err) {
-      host.log.warn({ err, channel: this.messageChannel }, 'fastify-event-sources: ignored a malformed message from Redis')
+      host.log.warn({ err, channel }, 'fastify-event-sources: ignored a malformed message from Redis')
       return
     }
+    // Without history there is no position to tell a second copy by.
+    if (this.#history === undefined && this.#routes !== undefined && !this.#routes.first(message, channel)) return
     const held = this.#held
     if (held === null) {
       this.#deliver(host, message)
@@ -354,39 +429,111 @@ class RedisAdapter implements EventSourceAdapter {
   }
 
   /**
-   * Pub/sub drops what is published while a subscriber is away. Once subscribed again, read what the stream got
-   * meanwhile, page by page, and deliver it ahead of the live messages held back until then. One catch-up at a
-   * time: a drop during it makes it read again. Held messages are delivered only once the stream was read up to
-   * them; if the stream no longer holds what was missed, every source here gets the reset event first.
+   * A source here needs a channel not subscribed yet. Until the subscription holds, what is published to it reaches
+   * this instance only through the stream: live delivery waits (in order) while the stream is read from where this
+   * instance stands, keeping what was published to the new channel since its first source opened.
    */
-  #catchUp (): void {
-    this.#again = true
-    if (this.#catchingUp !== undefined || this.#closed) return
+  #opened (channel: string): void {
+    if (!this.#subscribed || this.#closed || this.#history === undefined) return
+    if (!this.#fresh.has(channel)) this.#fresh.set(channel, Date.now() + this.#offset - this.#margin)
     this.#held ??= []
-    this.#catchingUp = this.#runCatchUp().finally(() => { this.#catchingUp = undefined })
+    if (Date.now() - this.#clockAt > CLOCK_AGE) {
+      this.#clockAt = Date.now()
+      this.#clock().catch(() => {})
+    }
   }
 
-  async #runCatchUp (): Promise<void> {
+  /** Estimates Redis's clock from this instance's, within half a round trip (kept in the margin). */
+  async #clock (): Promise<void> {
+    const client = this.#client as Redis
+    const sent = Date.now()
+    const [seconds, micros] = await this.#bounded(client.time())
+    const now = Date.now()
+    this.#offset = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - Math.round((sent + now) / 2)
+    this.#margin = CLOCK_MARGIN + (now - sent)
+    this.#clockAt = now
+  }
+
+  /** A reconnected subscription: subscribe again, then read what was missed. */
+  #catchUp (): void {
+    this.#again = true
+    this.#held ??= []
+    this.#sync()
+  }
+
+  /**
+   * One change of subscription at a time: after a reconnect, every channel again; otherwise the routes added and
+   * removed since the last batch (gathered until the running one ends). Pub/sub drops what is published while a
+   * subscriber is away or not yet subscribed: the stream is then read, page by page, from the last id delivered,
+   * ahead of the live messages held back meanwhile. A drop during it makes it read again. Held messages are
+   * delivered only once the stream was read up to them; if the stream no longer holds what a reconnect missed,
+   * every source here gets the reset event first.
+   */
+  #sync (): void {
+    if (this.#catchingUp !== undefined || this.#closed || !this.#subscribed) return
+    // Route changes are gathered for ROUTE_BATCH ms: the connections opened meanwhile go in one batch.
+    if (!this.#again && !this.#reread) {
+      if (this.#batching) return
+      this.#batching = true
+      setTimeout(() => {
+        this.#batching = false
+        this.#runNow()
+      }, ROUTE_BATCH).unref()
+      return
+    }
+    this.#runNow()
+  }
+
+  #runNow (): void {
+    if (this.#catchingUp !== undefined || this.#closed || !this.#subscribed) return
+    if (!this.#again && this.#routes?.pending !== true && !this.#reread) return
+    // Disconnected: the subscription's ready event subscribes every route.
+    if (!this.#again && this.#subscriber?.status !== 'ready') return
+    this.#catchingUp = this.#runSync().finally(() => {
+      this.#catchingUp = undefined
+      this.#sync()
+    })
+  }
+
+  async #runSync (): Promise<void> {
     const subscriber = this.#subscriber as Redis
+    const routes = this.#routes
     let complete = false
+    let batches = 0
     try {
-      while ((this.#again || this.#reread) && !this.#closed) {
+      while ((this.#again || this.#reread || routes?.pending === true) && !this.#closed) {
         complete = false
         this.#reread = false
+        let missed = false
         if (this.#again) {
           this.#again = false
           if (subscriber.status !== 'ready') return
-          await this.#bounded(subscriber.subscribe(this.messageChannel, this.claimChannel, this.controlChannel))
+          await this.#bounded(subscriber.subscribe(...this.#channels()))
           // Claims made elsewhere while this subscription was down were missed: announcing ours makes newer ones answer.
           this.#announceAll()
           // Live only: what was published while the subscription was down is gone.
           if (this.#history === undefined) this.#host?.gap(undefined, undefined)
+          missed = true
+        } else if (routes?.pending === true) {
+          // Changes made during the last batch's round trips: gather a little longer, as the first batch did.
+          if (batches++ > 0) await sleep(ROUTE_BATCH)
+          const { add, remove } = routes.take()
+          // A failed unsubscribe only leaves a channel whose messages are ignored here.
+          if (remove.length > 0) await this.#bounded(subscriber.unsubscribe(...remove)).catch(() => {})
+          if (add.length > 0) {
+            try {
+              await this.#bounded(subscriber.subscribe(...add))
+            } catch (err) {
+              routes.failed(add)
+              throw err
+            }
+          }
         }
-        if (this.#history !== undefined) await this.#readToEnd(this.#history)
+        if (this.#history !== undefined && (missed || this.#held !== null)) await this.#readToEnd(this.#history, missed)
         complete = true
       }
     } catch (err) {
-      this.#host?.log.warn({ err }, 'fastify-event-sources: could not subscribe again after reconnecting to Redis')
+      this.#host?.log.warn({ err }, 'fastify-event-sources: could not subscribe after reconnecting to Redis or adding a route')
     } finally {
       const held = this.#held ?? []
       this.#held = null
@@ -394,11 +541,15 @@ class RedisAdapter implements EventSourceAdapter {
       const host = this.#host
       // Held messages follow a stretch that was not read: drop them, the next catch-up reads them from the stream.
       if (complete && host !== undefined && !this.#closed) for (const message of held) this.#deliver(host, message)
+      if (complete) this.#fresh.clear()
     }
   }
 
-  /** Delivers every entry after the last id delivered, up to the stream's end, in pages; reports what was lost. */
-  async #readToEnd (history: RedisStreamsHistory): Promise<void> {
+  /**
+   * Delivers every entry after the last id delivered that a source here wants, up to the stream's end, in pages,
+   * with the held live messages merged in by id. After a reconnect (`missed`), reports what the stream lost.
+   */
+  async #readToEnd (history: RedisStreamsHistory, missed: boolean): Promise<void> {
     const host = this.#host as AdapterHost
     let count = PAGE
     let delivered = 0
@@ -407,6 +558,11 @@ class RedisAdapter implements EventSourceAdapter {
       // Inclusive of the cursor: finding it again proves nothing after it was trimmed.
       const entries = await this.#retried(() => history.page(cursor, count + 1))
       if (entries === undefined) {
+        if (!missed) {
+          // Live delivery on the routes held before lost nothing: only a new route's first round trip may have.
+          host.log.warn({ lastId: cursor }, 'fastify-event-sources: could not read the history for a new route; what was published to it before its subscription held is not delivered')
+          return
+        }
         host.log.warn({ lastId: cursor }, 'fastify-event-sources: could not read the history after reconnecting; reporting a gap')
         host.gap(undefined, cursor)
         return
@@ -415,8 +571,11 @@ class RedisAdapter implements EventSourceAdapter {
       if (rest.length === entries.length && cursor !== '0-0') {
         const continuity = await this.#retried(() => history.continuity(cursor))
         if (continuity === undefined || continuity.gap) {
-          host.log.warn({ lastId: cursor, latestId: continuity?.latestId }, 'fastify-event-sources: the history no longer holds what was missed; reporting a gap')
-          host.gap(continuity?.latestId, cursor)
+          // Only a lost subscription can have missed something: a new route's own window is read as far as it goes.
+          if (missed) {
+            host.log.warn({ lastId: cursor, latestId: continuity?.latestId }, 'fastify-event-sources: the history no longer holds what was missed; reporting a gap')
+            host.gap(continuity?.latestId, cursor)
+          }
           // As on a replay gap: after the reset, everything still held. All of it is after the cursor.
           this.#lastId = '0-0'
           continue
@@ -425,14 +584,58 @@ class RedisAdapter implements EventSourceAdapter {
       let bytes = 0
       for (const message of decodeEntries(rest)) {
         bytes += message.data.length
-        this.#deliver(host, message)
+        const wanted = this.#wanted(message)
+        // A route whose subscribe is not sent yet: read on from here once it is.
+        if (wanted === undefined) {
+          this.#reread = true
+          return
+        }
+        this.#releaseBefore(host, message.position as string)
+        if (wanted) {
+          this.#deliver(host, message)
+          delivered++
+        } else {
+          this.#seen(message.position as string)
+        }
       }
       if (rest.length > 0) this.#seen(rest[rest.length - 1][0])
-      delivered += rest.length
       if (rest.length < count) break
       count = Math.max(1, Math.min(PAGE, Math.floor(PAGE_BYTES / Math.max(1, bytes / rest.length))))
     }
-    if (delivered > 0) host.log.info({ missed: delivered }, 'fastify-event-sources: delivered what was published while the subscription was down')
+    if (delivered > 0 && missed) host.log.info({ missed: delivered }, 'fastify-event-sources: delivered what was published while the subscription was down')
+  }
+
+  /** Held live messages come before a stream entry with a larger id. */
+  #releaseBefore (host: AdapterHost, id: string): void {
+    const held = this.#held
+    if (held === null) return
+    let n = 0
+    while (n < held.length && isAfter(id, held[n].position as string)) {
+      this.#heldBytes -= held[n].data.length
+      this.#deliver(host, held[n++])
+    }
+    if (n > 0) held.splice(0, n)
+  }
+
+  /**
+   * Whether a stream entry is for this instance: a route subscribed before this read, or a new route's, published
+   * after its first source opened. Undefined for a new route's whose subscribe is not sent yet.
+   */
+  #wanted (message: PublishedMessage): boolean | undefined {
+    const routes = this.#routes
+    if (routes === undefined) return true
+    let wanted = false
+    for (const channel of routes.channels(message.to)) {
+      const since = this.#fresh.get(channel)
+      const recent = since !== undefined && Number((message.position as string).split('-')[0]) >= since
+      if (!routes.has(channel)) {
+        if (recent && routes.waiting(channel)) return undefined
+        continue
+      }
+      if (since === undefined) return true
+      if (recent) wanted = true
+    }
+    return wanted
   }
 
   /** Runs a read until it succeeds, backing off; undefined after READ_ATTEMPTS failures or once closed. */

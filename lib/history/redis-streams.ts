@@ -50,12 +50,13 @@ export const PAGE = 100
  * streams (the plain one, or each topic's), so one sequence orders every stream. Target streams are trimmed
  * exactly, with XDEL, so that Redis records the newest id each one lost (`max-deleted-entry-id`). Topic histories
  * idle for `ttl` ms, or past `maxTopics` (least recently published first), are deleted, and the time of their
- * last publish is kept as the drop watermark. The channel payload is `<id>\n<body>`. With an idempotency key, a
- * key seen before whose message the log still holds returns that message's id and stores nothing.
+ * last publish is kept as the drop watermark. The message is published on each of its channels (its topics', its
+ * identifier's, or the one every instance listens to) as `<id>\n<body>`. With an idempotency key, a key seen before
+ * whose message the log still holds returns that message's id and stores nothing.
  *
  * KEYS: log, epoch, topic index, drop watermark, idempotency key, target streams...
- * ARGV: maxLen, body, channel, keyTtl, keyed ('1' or '0'), maxTopics (0: no bound), ttl (0: none), topic key
- * prefix, topics... (in the order of their streams in KEYS)
+ * ARGV: maxLen, body, number of topics, keyTtl, keyed ('1' or '0'), maxTopics (0: no bound), ttl (0: none), topic
+ * key prefix, topics... (in the order of their streams in KEYS), channels...
  */
 export const APPEND_AND_PUBLISH = `local keyed = ARGV[5] == '1'
 if keyed then
@@ -81,7 +82,8 @@ end
 local ms, seq = string.match(id, '^(%d+)-(%d+)$')
 ms = tonumber(ms)
 local score = ms * 1000 + math.min(tonumber(seq), 999)
-for i = 9, #ARGV do redis.call('ZADD', KEYS[3], score, ARGV[i]) end
+local lastTopic = 8 + tonumber(ARGV[3])
+for i = 9, lastTopic do redis.call('ZADD', KEYS[3], score, ARGV[i]) end
 local watermark = 0
 local function drop (list)
   for j = 1, #list, 2 do
@@ -99,7 +101,8 @@ if maxTopics > 0 then
   if excess > 0 then drop(redis.call('ZRANGE', KEYS[3], 0, excess - 1, 'WITHSCORES')) end
 end
 if watermark > tonumber(redis.call('GET', KEYS[4]) or '0') then redis.call('SET', KEYS[4], string.format('%.0f', watermark)) end
-redis.call('PUBLISH', ARGV[3], id .. '\\n' .. ARGV[2])
+local payload = id .. '\\n' .. ARGV[2]
+for i = lastTopic + 1, #ARGV do redis.call('PUBLISH', ARGV[i], payload) end
 if keyed then redis.call('SET', KEYS[5], id, 'PX', ARGV[4]) end
 return id`
 
@@ -113,14 +116,14 @@ export interface AppendOptions {
 }
 
 /** The arguments of `EVAL APPEND_AND_PUBLISH` for one message: its keys and values, in the script's order. */
-export function appendArguments (keys: StreamKeys, channel: string, message: PublishedMessage, options: AppendOptions): [number, ...(string | number)[]] {
+export function appendArguments (keys: StreamKeys, channels: string[], message: PublishedMessage, options: AppendOptions): [number, ...(string | number)[]] {
   const topics = topicsOf(message.to) ?? []
   const targets = topics.length > 0 ? topics.map(topic => keys.topic + topic) : [keys.plain]
   const all = [keys.log, keys.epoch, keys.topics, keys.dropped, options.key?.name ?? keys.log, ...targets]
   return [
     all.length, ...all,
-    options.maxLen, encode(message, false), channel, options.key?.ttl ?? 0, options.key === undefined ? '0' : '1',
-    options.maxTopics, options.ttl, keys.topic, ...topics
+    options.maxLen, encode(message, false), topics.length, options.key?.ttl ?? 0, options.key === undefined ? '0' : '1',
+    options.maxTopics, options.ttl, keys.topic, ...topics, ...channels
   ]
 }
 
