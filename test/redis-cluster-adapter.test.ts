@@ -169,6 +169,82 @@ if (clusterReady(tap)) {
     t.same(data(alice), ['room 7, after the join', 'room 8', 'end'])
     t.same(data(carol), ['room 8', 'end'])
   })
+
+  test('presence and counts across instances; a newer stream for an identifier on another instance replaces the older one', async t => {
+    const prefix = uniquePrefix()
+    const options = { presence: { heartbeat: 200, flush: 20 } }
+    const a = await instance(t, prefix, options)
+    const b = await instance(t, prefix, options)
+    const first = await open(t, a.url + '/sse?id=alice&topics=room:1')
+    await open(t, b.url + '/sse?id=bob&topics=room:1')
+    await open(t, b.url + '/sse?topics=room:1')
+    await until(() => a.app.eventSources.openStreams === 1 && b.app.eventSources.openStreams === 2)
+    const deadline = Date.now() + 5000
+    while ((await a.app.eventSources.count({ topic: 'room:1' })) !== 3 && Date.now() < deadline) await sleep(20)
+    t.equal(await a.app.eventSources.count({ topic: 'room:1' }), 3, 'three followers of room:1 over both instances')
+    t.same((await b.app.eventSources.presence('room:1')).sort(), ['alice', 'bob'])
+    t.equal(await b.app.eventSources.count(), 3)
+    t.equal(await b.app.eventSources.count({ prefix: 'al' }), 1)
+    const redis = commands(t)
+    t.ok((await redis.exists(`{${prefix}}instances`)) === 1, 'presence lives on the sequencer\'s slot')
+
+    await sleep(5)
+    const second = await open(t, b.url + '/sse?id=alice')
+    await until(() => a.app.eventSources.openStreams === 0, 5000, 'the older alice closed on A')
+    t.equal(b.app.eventSources.getByIdentifier('alice')?.isActive, true, 'the newer one stays')
+    await a.app.eventSources.publish('to alice', { to: 'alice' })
+    await until(() => second.events.length === 1, 5000, 'the message on the newer stream')
+    t.same(data(first), [])
+  })
+
+  test('runs: a follower on another instance gets every event once, in order, and the end', async t => {
+    const prefix = uniquePrefix()
+    const make = async (): Promise<{ app: FastifyInstance, url: string }> => start(t, (app: FastifyInstance) => {
+      app.get<{ Params: { key: string } }>('/runs/:key', async (request, reply) => {
+        if (await app.eventSources.runState(request.params.key, request.headers['last-event-id'] as string | undefined) === undefined) return reply.code(204).send()
+        const sse = request.getEventSource()
+        await sse.follow(request.params.key)
+      })
+    }, { retry: 30, adapter: redisAdapter({ nodes: cluster.startupNodes, channelPrefix: prefix, runs: { lease: 5000 } }) })
+    const a = await make()
+    const b = await make()
+    const running = a.app.eventSources.run('job:1', async function * () {
+      for (let n = 1; n <= 40; n++) {
+        await sleep(5)
+        yield { n }
+      }
+    })
+    const client = new Client(t, b.url + '/runs/job:1', undefined, ['end'])
+    await until(() => client.events.some(e => e.type === 'end'), 20_000, 'the end event')
+    const items = client.events.filter(e => e.type === 'message').map(e => JSON.parse(e.data).n)
+    t.same(items, Array.from({ length: 40 }, (_, i) => i + 1), 'every event once, in order')
+    t.same(await running, { sent: 40, reason: 'done' })
+  })
+
+  test('options a cluster cannot take are refused when the adapter is made', async t => {
+    const nodes = cluster.startupNodes
+    t.throws(() => redisAdapter({ nodes, channelPrefix: 'a{b}:' }), { code: 'FST_ERR_SSE_INVALID_OPTION' })
+    t.throws(() => redisAdapter({ nodes, history: { topics: 10 } } as never), { code: 'FST_ERR_SSE_INVALID_OPTION' })
+    t.throws(() => redisAdapter({ nodes, url: 'redis://x' } as never), { code: 'FST_ERR_SSE_INVALID_OPTION' })
+    t.throws(() => redisAdapter({ nodes: [] }), { code: 'FST_ERR_SSE_INVALID_OPTION' })
+    t.doesNotThrow(() => redisAdapter({ nodes, history: { ttl: Infinity, maxLen: 10 } }))
+    const given = commands(t)
+    t.equal(redisAdapter({ client: given }).constructor.name, 'RedisClusterAdapter', 'a Cluster client picks the cluster adapter')
+  })
+
+  test('a topic history trimmed past a client\'s id is a gap (the reset event), then what is held', async t => {
+    const prefix = uniquePrefix()
+    const { app, url } = await instance(t, prefix, { history: { maxLen: 5 } })
+    const first = await open(t, url + '/sse?topics=busy')
+    await app.eventSources.publish('b0', { to: { topic: 'busy' } })
+    await until(() => first.events.length === 1)
+    first.close()
+    for (let n = 1; n <= 20; n++) await app.eventSources.publish(`b${n}`, { to: { topic: 'busy' } })
+    const resumed = await open(t, url + '/sse?topics=busy', first.events[0].id)
+    await until(() => resumed.events.length === 6, 5000, 'the reset and the five held')
+    t.equal(resumed.events[0].event, 'reset')
+    t.same(data(resumed).slice(1), ['b16', 'b17', 'b18', 'b19', 'b20'])
+  })
 }
 
 function compare (a: string, b: string): number {

@@ -58,7 +58,7 @@ if (clusterReady(tap)) {
 
       const resolved: string[] = []
       const rejected: string[] = []
-      const targets = [{ topic: doomed }, { topic: other }, 'alice', { topic: [doomed, other] }] as const
+      const targets: (string | { topic: string | string[] })[] = [{ topic: doomed }, { topic: other }, 'alice', { topic: [doomed, other] }]
       /** When each publish to the doomed topic alone started, and whether it resolved. */
       const doomedPublishes: [number, boolean][] = []
       let killed: KilledMaster | undefined

@@ -9,7 +9,7 @@ import {
 import { isAfter } from '../position'
 import { isTarget, topicsOf } from '../target'
 import { checkTopics } from '../topics'
-import type { AdapterHost, AdapterPublishOptions, ControlMessage, CountTarget, EventSourceAdapter, LocalPresence, PresenceListener, PublishedMessage, ReplayResult } from './adapter'
+import type { AdapterHost, AdapterPublishOptions, ControlMessage, CountTarget, EventSourceAdapter, PresenceListener, PublishedMessage, ReplayResult } from './adapter'
 import { PRESENCE_DEFAULTS, RedisPresence, type PresenceSettings } from './redis-presence'
 import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
@@ -195,7 +195,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     client.on('ready', () => {
       if (this.#unannounced) this.#announceAll()
     })
-    // Told first of every topic a source here starts or stops following, then presence (if on) hears it too.
+    // Routes hear first of every topic a source here starts or stops following, then presence (if on).
     const local = host.presence
     const routes: PresenceListener = {
       streams: () => this.#presenceListener?.streams(),
@@ -208,24 +208,10 @@ class RedisClusterAdapter implements EventSourceAdapter {
     local.watch(routes)
     for (const topic of local.topics()) this.#route(topic)
     if (this.#presenceSettings !== undefined) {
-      const presence = new RedisPresence(client as unknown as Redis, { ...host, presence: this.#sharedPresence(local) }, this.keys.tag, this.#instance, this.#presenceSettings, op => this.#bounded(op))
+      const presence = new RedisPresence(client as unknown as Redis, host, this.keys.tag, this.#instance, this.#presenceSettings, op => this.#bounded(op))
       this.#presence = presence
+      this.#presenceListener = presence
       await presence.start().catch((err: Error) => host.log.warn({ err }, 'fastify-event-sources: could not write presence yet; retrying'))
-    }
-  }
-
-  /** The host's presence, whose single listener slot is this adapter's: presence listens through it. */
-  #sharedPresence (local: LocalPresence): LocalPresence {
-    return {
-      get streams () { return local.streams },
-      presence: topic => local.presence(topic),
-      count: to => local.count(to),
-      hasIdentifier: identifier => local.hasIdentifier(identifier),
-      identifiers: () => local.identifiers(),
-      topics: () => local.topics(),
-      topicStreams: topic => local.topicStreams(topic),
-      follows: (topic, identifier) => local.follows(topic, identifier),
-      watch: listener => { this.#presenceListener = listener }
     }
   }
 
@@ -359,6 +345,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
 
   async close (): Promise<void> {
     await this.#runs?.close()
+    this.#host?.presence.watch(undefined)
     await this.#presence?.close()
     this.#closed = true
     clearInterval(this.#lingerTimer)

@@ -747,6 +747,8 @@ class RedisAdapter implements EventSourceAdapter {
 }
 
 /** A Redis Cluster (given by `nodes`, or a `Cluster` client) gets the cluster adapter. */
+function redisAdapter (options?: RedisAdapterOptions): RedisAdapter
+function redisAdapter (options: RedisClusterAdapterOptions): RedisClusterAdapter
 function redisAdapter (options?: RedisAdapterOptions | RedisClusterAdapterOptions): RedisAdapter | RedisClusterAdapter {
   if (options !== undefined && options !== null && ('nodes' in options || options.client instanceof Cluster)) return new RedisClusterAdapter(options as RedisClusterAdapterOptions)
   return new RedisAdapter(options as RedisAdapterOptions)
