@@ -61,12 +61,17 @@ declare namespace redisAdapter {
    * increasing order for the whole cluster. `history.topics` is not supported: topic histories are bounded by
    * `history.ttl`.
    */
-  export interface RedisClusterAdapterOptions extends Omit<RedisAdapterOptions, 'client' | 'url' | 'history'> {
+  export interface RedisClusterAdapterOptions extends Omit<RedisAdapterOptions, 'client' | 'url' | 'history' | 'routing'> {
     /** `[{ host, port }, ...]`: any nodes of the cluster; the others are found from them. */
     nodes?: { host: string, port: number }[] | undefined
     /** An ioredis Cluster to send commands on (never closed by the adapter); sharded subscriptions use their own connections. */
     client?: Cluster | undefined
     history?: { maxLen?: number | undefined, keyTtl?: number | undefined, ttl?: number | undefined } | false | undefined
+    /**
+     * Always `'selective'` on a cluster for topics (an instance SSUBSCRIBEs the channels of the topics its sources
+     * follow); messages to identifiers, prefixes and everyone travel on one channel on the sequencer's slot.
+     */
+    routing?: 'selective' | undefined
   }
 
   export interface RedisAdapter extends EventSourceAdapter {

@@ -69,6 +69,7 @@ interface Held {
  */
 class RedisClusterAdapter implements EventSourceAdapter {
   readonly hasHistory: boolean
+  readonly routing = 'selective' as const
   readonly channelPrefix: string
   readonly streamKey: string
   readonly messageChannel: string
@@ -123,6 +124,8 @@ class RedisClusterAdapter implements EventSourceAdapter {
       if (client !== undefined) fail('nodes', 'give either nodes or client, not both')
     }
     if ((options as { url?: unknown }).url !== undefined) fail('url', 'a Redis Cluster is given by nodes (or client), not url')
+    const routing = (options as { routing?: unknown }).routing
+    if (routing !== undefined && routing !== 'selective') fail('routing', `a Redis Cluster routes selectively (sharded channels); got ${String(routing)}`)
     if (client === undefined && nodes === undefined) fail('nodes', 'a Redis Cluster adapter needs nodes or a Cluster client')
     const prefix = options.channelPrefix ?? 'fastify-event-sources:'
     if (typeof prefix !== 'string') fail('channelPrefix', 'must be a string')
