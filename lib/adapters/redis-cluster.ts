@@ -17,6 +17,8 @@ import type { RedisClusterAdapterOptions } from '../../types/redis'
 
 /** Claims per announcement message when re-announcing every source after a reconnect. */
 const CLAIMS_PER_MESSAGE = 500
+/** Deliveries wait at least this long (ms) for a lost shard's channels to be subscribed again (a failover takes 1 to 3 s). */
+const FAILOVER_WAIT = 5000
 /** A topic nobody here follows any more keeps its subscription this long (ms), in case a follower comes back. */
 const LINGER = 2000
 
@@ -112,6 +114,8 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #lingerTimer: NodeJS.Timeout | undefined
   #unannounced = false
   #down = false
+  /** ms the sequencer's clock is ahead of this process's. */
+  #skew = 0
 
   constructor (options: RedisClusterAdapterOptions = {}) {
     if (typeof options !== 'object' || options === null) fail('redisAdapter', 'options must be an object')
@@ -177,6 +181,10 @@ class RedisClusterAdapter implements EventSourceAdapter {
     try {
       await this.#ready(client)
       if (this.#history !== undefined) {
+        // The sequencer's clock against this one's: publish deadlines are written in the sequencer's time.
+        const asked = Date.now()
+        const time = this.#reply(await this.#bounded(client.pipeline().exists(this.keys.seq).time().exec()), 1) as [string, string]
+        this.#skew = Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000) - Math.round((asked + Date.now()) / 2)
         const mark = await this.#bounded(this.#history.watermark())
         this.#released = this.#known = completeBelow(mark)
       }
@@ -262,9 +270,11 @@ class RedisClusterAdapter implements EventSourceAdapter {
     const plain = topics.length === 0
     // The sequencer refuses to run it past the publish's deadline: it would then take an id after later publishes.
     const sequencer = client.pipeline().eval(SEQUENCE, 5, keys.seq, keys.pending, keys.epoch, key === undefined ? keys.seq : keys.key(key), keys.plain,
-      plain ? 'p' : 't', body, this.messageChannel, this.#maxLen, this.#keyTtl, key === undefined ? '0' : '1', Date.now() + this.#timeout)
+      plain ? 'p' : 't', body, this.messageChannel, this.#maxLen, this.#keyTtl, key === undefined ? '0' : '1', Date.now() + this.#skew + this.#timeout)
     if (plain) this.#waitReplica(sequencer, keys.seq)
-    const [id, seen] = this.#reply(await sequencer.exec(), plain) as [string, number]
+    const results = await sequencer.exec()
+    const [id, seen] = this.#reply(results) as [string, number]
+    if (plain && results !== null && results.length > 1 && results[1][1] === 0) throw new Error('no replica acknowledged the write in time')
     if (seen === 1 || plain) return
     // On the connection to the master of each topic's slot, so that WAIT follows the write it is about.
     const writes = topics.map(topic => {
@@ -301,12 +311,11 @@ class RedisClusterAdapter implements EventSourceAdapter {
     if (replicas > 0) pipeline.call('WAIT', 1, Math.max(1, Math.floor(this.#timeout / 2)))
   }
 
-  /** The first reply of a pipeline; with `waited`, the WAIT after it must have reached a replica. */
-  #reply (results: [Error | null, unknown][] | null, waited: boolean): unknown {
+  /** The reply at `index` of a pipeline whose commands all succeeded. */
+  #reply (results: [Error | null, unknown][] | null, index = 0): unknown {
     if (results === null) throw new Error('the pipeline was aborted')
     for (const [err] of results) if (err !== null) throw err
-    if (waited && results.length > 1 && results[1][1] === 0) throw new Error('no replica acknowledged the write in time')
-    return results[0][1]
+    return results[index][1]
   }
 
   async replay (lastEventId: string, identifier: string | undefined, topics?: readonly string[]): Promise<ReplayResult> {
@@ -442,7 +451,8 @@ class RedisClusterAdapter implements EventSourceAdapter {
   /**
    * Subscribes the channels (and, with history, reads their streams after their cursor, or after `from` for a
    * channel never read), holding deliveries meanwhile. Tried again, with the slot map refreshed, until it holds;
-   * deliveries resume after publishTimeout at the latest (what arrives later than its turn is then a gap).
+   * deliveries resume after publishTimeout (at least FAILOVER_WAIT) at the latest: what arrives later than its
+   * turn is then a gap.
    */
   #catchUp (channels: Channel[], from: string, lost: boolean): void {
     this.#pauses++
@@ -457,7 +467,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     const timer = setTimeout(() => {
       this.#host?.log.warn({ channels: channels.length }, 'fastify-event-sources: a Redis Cluster shard is still unreachable; delivering the other shards\' messages')
       resume()
-    }, this.#timeout)
+    }, Math.max(this.#timeout, FAILOVER_WAIT))
     const run = async (): Promise<void> => {
       for (let attempt = 0; !this.#closed; attempt++) {
         const wanted = channels.filter(channel => this.#channels.get(channel.name) === channel)
@@ -477,6 +487,8 @@ class RedisClusterAdapter implements EventSourceAdapter {
                 if (channel.cursor === undefined || isAfter(entry.pos, channel.cursor)) channel.cursor = entry.pos
                 this.#absorb(entry, known)
               }
+              // Read up to here: a message on this channel that comes after its turn from now on was missed.
+              channel.cursor ??= start
             }))
           } else if (lost) {
             this.#host?.gap(undefined, undefined)
