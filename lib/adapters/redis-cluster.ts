@@ -664,10 +664,27 @@ class RedisClusterAdapter implements EventSourceAdapter {
         continue
       }
       if (this.#pauses > 0) return
+      // A write the watermark counts as complete was published on its shard before the watermark was read, but its
+      // message may still be on its way over that shard's connection: a PING sent now is answered after it.
+      try {
+        await this.#bounded(this.#barrier())
+      } catch (err) {
+        this.#host?.log.debug({ err }, 'fastify-event-sources: a Redis Cluster shard did not answer; retrying')
+        await sleep(100)
+        continue
+      }
+      if (this.#pauses > 0) return
       const known = completeBelow(mark)
       if (isAfter(known, this.#known)) this.#known = known
       if (!this.#release(mark)) await sleep(1)
     }
+  }
+
+  /** Resolves once every shard connection with a subscription has sent all it had before this call. */
+  async #barrier (): Promise<unknown> {
+    const pings: Promise<unknown>[] = []
+    for (const shard of this.#shards.values()) if (!shard.retired && shard.channels.size > 0) pings.push(shard.connection.ping())
+    return Promise.all(pings)
   }
 
   /**
