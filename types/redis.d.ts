@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis'
+import type { Cluster, Redis } from 'ioredis'
 import type { CountTarget, EventSourceAdapter } from './index'
 
 declare namespace redisAdapter {
@@ -53,6 +53,27 @@ declare namespace redisAdapter {
     routing?: 'selective' | 'all' | undefined
   }
 
+  /**
+   * A Redis Cluster (7 or later): `nodes` to start from, or an ioredis `Cluster` as `client`. Topic messages travel
+   * on sharded channels (SSUBSCRIBE, only for the topics followed on the instance) and each topic's history lives on
+   * the topic's own shard (`<prefix>{t:<topic>}`); the id sequence, messages to no topic, presence, claims, control
+   * and runs live on the slot of `{<prefix>}`, so `channelPrefix` must not contain `{` or `}`. Ids stay one
+   * increasing order for the whole cluster. `history.topics` is not supported: topic histories are bounded by
+   * `history.ttl`.
+   */
+  export interface RedisClusterAdapterOptions extends Omit<RedisAdapterOptions, 'client' | 'url' | 'history' | 'routing'> {
+    /** `[{ host, port }, ...]`: any nodes of the cluster; the others are found from them. */
+    nodes?: { host: string, port: number }[] | undefined
+    /** An ioredis Cluster to send commands on (never closed by the adapter); sharded subscriptions use their own connections. */
+    client?: Cluster | undefined
+    history?: { maxLen?: number | undefined, keyTtl?: number | undefined, ttl?: number | undefined } | false | undefined
+    /**
+     * Always `'selective'` on a cluster for topics (an instance SSUBSCRIBEs the channels of the topics its sources
+     * follow); messages to identifiers, prefixes and everyone travel on one channel on the sequencer's slot.
+     */
+    routing?: 'selective' | undefined
+  }
+
   export interface RedisAdapter extends EventSourceAdapter {
     readonly channelPrefix: string
     /** `<prefix>stream`: the Redis Stream holding the history. */
@@ -77,5 +98,5 @@ declare namespace redisAdapter {
 }
 
 /** An adapter that carries `eventSources.publish()` to every instance through Redis (plugin option `adapter`). */
-declare function redisAdapter (options?: redisAdapter.RedisAdapterOptions): redisAdapter.RedisAdapter
+declare function redisAdapter (options?: redisAdapter.RedisAdapterOptions | redisAdapter.RedisClusterAdapterOptions): redisAdapter.RedisAdapter
 export = redisAdapter

@@ -1,8 +1,8 @@
 import Fastify from 'fastify'
-import { Redis } from 'ioredis'
+import { Cluster, Redis } from 'ioredis'
 import { expect, test } from 'tstyche'
 import eventSources, { type EventSourceAdapter } from './index'
-import redisAdapter, { RedisAdapter, redisAdapter as named, type RedisAdapterOptions } from './redis'
+import redisAdapter, { RedisAdapter, redisAdapter as named, type RedisAdapterOptions, type RedisClusterAdapterOptions } from './redis'
 import required = require('./redis')
 
 test('redisAdapter is the default export, a named export and what require() gives', () => {
@@ -33,4 +33,15 @@ test('options', () => {
 test('exactOptionalPropertyTypes: an option may be given as undefined', () => {
   expect(redisAdapter({ url: process.env.REDIS_URL, client: undefined, history: { maxLen: undefined } })).type.not.toRaiseError()
   expect(redisAdapter({ url: null })).type.toRaiseError()
+})
+
+test('a Redis Cluster: nodes or a Cluster client, without url', () => {
+  const nodes = [{ host: '127.0.0.1', port: 7000 }, { host: '127.0.0.1', port: 7001 }]
+  expect(redisAdapter({ nodes, channelPrefix: 'app:', history: { maxLen: 100, ttl: 60_000 } })).type.toBeAssignableTo<EventSourceAdapter>()
+  expect(redisAdapter({ client: new Cluster(nodes), presence: false })).type.toBe<ReturnType<typeof redisAdapter>>()
+  expect<RedisClusterAdapterOptions>().type.not.toBeAssignableFrom({ nodes, url: 'redis://127.0.0.1:6379' })
+  expect<RedisClusterAdapterOptions>().type.not.toBeAssignableFrom({ nodes: ['127.0.0.1:7000'] })
+  expect<RedisClusterAdapterOptions>().type.not.toBeAssignableFrom({ nodes, history: { topics: 10 } })
+  expect<RedisClusterAdapterOptions>().type.not.toBeAssignableFrom({ client: new Redis() })
+  expect<RedisAdapterOptions>().type.not.toBeAssignableFrom({ client: new Cluster(nodes) })
 })

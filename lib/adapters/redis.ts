@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { Redis, type RedisOptions } from 'ioredis'
+import { Cluster, Redis, type RedisOptions } from 'ioredis'
 import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_INVALID_OPTION, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
 import { APPEND_AND_PUBLISH, PAGE, RedisStreamsHistory, appendArguments, decode, decodeEntries, encode, streamKeys, type StreamKeys } from '../history/redis-streams'
 import { isAfter } from '../position'
@@ -10,7 +10,8 @@ import { PRESENCE_DEFAULTS, RedisPresence, type PresenceSettings } from './redis
 import { Routes, type RouteNames } from './routes'
 import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
-import type { RedisAdapterOptions } from '../../types/redis'
+import { RedisClusterAdapter } from './redis-cluster'
+import type { RedisAdapterOptions, RedisClusterAdapterOptions } from '../../types/redis'
 
 // Fail fast instead of queueing while Redis is away: a queued publish would hang, then arrive late and out of order.
 const OWN_CONNECTION: RedisOptions = {
@@ -772,8 +773,12 @@ class RedisAdapter implements EventSourceAdapter {
   }
 }
 
-function redisAdapter (options?: RedisAdapterOptions): RedisAdapter {
-  return new RedisAdapter(options)
+/** A Redis Cluster (given by `nodes`, or a `Cluster` client) gets the cluster adapter. */
+function redisAdapter (options?: RedisAdapterOptions): RedisAdapter
+function redisAdapter (options: RedisClusterAdapterOptions): RedisClusterAdapter
+function redisAdapter (options?: RedisAdapterOptions | RedisClusterAdapterOptions): RedisAdapter | RedisClusterAdapter {
+  if (options !== undefined && options !== null && ('nodes' in options || options.client instanceof Cluster)) return new RedisClusterAdapter(options as RedisClusterAdapterOptions)
+  return new RedisAdapter(options as RedisAdapterOptions)
 }
 
 // Node finds an ESM import's named exports by scanning for `exports.name =`; it cannot see through Object.assign.

@@ -1,0 +1,823 @@
+import { randomUUID } from 'node:crypto'
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
+import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_INVALID_OPTION, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
+import { encode } from '../history/redis-streams'
+import {
+  ABORT, APPEND, RedisClusterHistory, SEQUENCE, WATERMARK_COUNT, clusterKeys, compareIds, completeBelow, decodePayload, padded, slotOf,
+  type ClusterEntry, type ClusterKeys, type Watermark
+} from '../history/redis-cluster-streams'
+import { isAfter } from '../position'
+import { isTarget, topicsOf } from '../target'
+import { checkTopics } from '../topics'
+import type { AdapterHost, AdapterPublishOptions, ControlMessage, CountTarget, EventSourceAdapter, PresenceListener, PublishedMessage, ReplayResult } from './adapter'
+import { PRESENCE_DEFAULTS, RedisPresence, type PresenceSettings } from './redis-presence'
+import type { RunSink } from '../runs'
+import { RedisRunStore } from './redis-runs'
+import type { RedisClusterAdapterOptions } from '../../types/redis'
+
+/** Claims per announcement message when re-announcing every source after a reconnect. */
+const CLAIMS_PER_MESSAGE = 500
+/** Deliveries wait at least this long (ms) for a lost shard's channels to be subscribed again (a failover takes 1 to 3 s). */
+const FAILOVER_WAIT = 5000
+/** A topic nobody here follows any more keeps its subscription this long (ms), in case a follower comes back. */
+const LINGER = 2000
+
+function fail (name: string, why: string): never {
+  throw new FST_ERR_SSE_INVALID_OPTION(name, why)
+}
+
+function positive (name: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) fail(name, `must be an integer >= 1, got ${String(value)}`)
+  return value
+}
+
+function sleep (ms: number): Promise<void> {
+  return new Promise(resolve => setTimeout(resolve, ms).unref())
+}
+
+/** A channel this instance listens to, and the stream that holds what it carries. */
+interface Channel {
+  name: string
+  /** The stream behind it (undefined: claims and control, which keep no history). */
+  stream: string | undefined
+  topic: string | undefined
+  /** The last stream position seen from it: a catch-up reads after it. */
+  cursor: string | undefined
+  shard: Shard | undefined
+  /** A topic channel nobody here follows: unsubscribed once the linger ends. */
+  idleSince: number | undefined
+}
+
+/** One subscriber connection to one master, for the sharded channels of the slots it serves. */
+interface Shard {
+  key: string
+  connection: Redis
+  channels: Set<Channel>
+  retired: boolean
+}
+
+interface Held {
+  message: PublishedMessage
+  id: string
+}
+
+/**
+ * The Redis adapter for a Redis Cluster (7 or later). Topic messages travel on sharded channels and live in
+ * streams on their topic's own slot; everything else (the id sequence, messages to no topic, presence, claims,
+ * control, runs) lives on the sequencer's slot `{<prefix>}`. Ids come from the sequencer, so they form one order
+ * for the whole cluster; since messages reach an instance over several connections, an instance delivers them
+ * in id order, each once every id below it has been written (the watermark).
+ */
+class RedisClusterAdapter implements EventSourceAdapter {
+  readonly hasHistory: boolean
+  readonly routing = 'selective' as const
+  readonly channelPrefix: string
+  readonly streamKey: string
+  readonly messageChannel: string
+  readonly claimChannel: string
+  readonly controlChannel: string
+  readonly keys: ClusterKeys
+  #nodes: { host: string, port: number }[] | undefined
+  #userClient: Cluster | undefined
+  #client: Cluster | undefined
+  #history: RedisClusterHistory | undefined
+  #host: AdapterHost | undefined
+  #maxLen: number
+  #keyTtl: number
+  #ttl: number
+  #timeout: number
+  #connectTimeout: number
+  #runLease: number
+  #runs: RedisRunStore | undefined
+  #presenceSettings: PresenceSettings | undefined
+  #presence: RedisPresence | undefined
+  #presenceListener: PresenceListener | undefined
+  #instance = randomUUID()
+  #closed = false
+  #inFlight = new Set<Promise<unknown>>()
+  #owned: (Redis | Cluster)[] = []
+  #channels = new Map<string, Channel>()
+  #shards = new Map<string, Shard>()
+  /** Received and not yet delivered, in id order. */
+  #held: Held[] = []
+  #heldIds = new Set<string>()
+  /** The last id delivered here. */
+  #released = '0-0'
+  /** Every id at or below it is written wherever it goes (from the last watermark read). */
+  #known = '0-0'
+  #pumping = false
+  /** Deliveries stop while a new subscription or a lost shard is being read up to date. */
+  #pauses = 0
+  /** Topic channels to subscribe at the next microtask, gathered. */
+  #toSubscribe = new Set<Channel>()
+  #lingerTimer: NodeJS.Timeout | undefined
+  #unannounced = false
+  #down = false
+  /** ms the sequencer's clock is ahead of this process's. */
+  #skew = 0
+
+  constructor (options: RedisClusterAdapterOptions = {}) {
+    if (typeof options !== 'object' || options === null) fail('redisAdapter', 'options must be an object')
+    const { client, nodes, history } = options
+    if (client !== undefined && !(client instanceof Cluster)) fail('client', 'must be an ioredis Cluster for a Redis Cluster adapter')
+    if (nodes !== undefined) {
+      if (!Array.isArray(nodes) || nodes.length === 0 || !nodes.every(node => typeof node === 'object' && node !== null && typeof node.port === 'number')) {
+        fail('nodes', 'must be a non-empty array of { host, port }')
+      }
+      if (client !== undefined) fail('nodes', 'give either nodes or client, not both')
+    }
+    if ((options as { url?: unknown }).url !== undefined) fail('url', 'a Redis Cluster is given by nodes (or client), not url')
+    const routing = (options as { routing?: unknown }).routing
+    if (routing !== undefined && routing !== 'selective') fail('routing', `a Redis Cluster routes selectively (sharded channels); got ${String(routing)}`)
+    if (client === undefined && nodes === undefined) fail('nodes', 'a Redis Cluster adapter needs nodes or a Cluster client')
+    const prefix = options.channelPrefix ?? 'fastify-event-sources:'
+    if (typeof prefix !== 'string') fail('channelPrefix', 'must be a string')
+    // The prefix becomes the sequencer's hash tag: a brace in it would move keys to other slots.
+    if (/[{}]/.test(prefix)) fail('channelPrefix', 'must not contain { or } on a Redis Cluster (it is used as a hash tag)')
+    if (history !== undefined && history !== false && (typeof history !== 'object' || history === null)) fail('history', 'must be { maxLen, keyTtl, ttl } or false')
+    const topics = history === false ? undefined : (history as { topics?: unknown } | undefined)?.topics
+    if (topics !== undefined && topics !== Infinity) {
+      fail('history.topics', 'is not supported on a Redis Cluster (topic histories live on many shards); bound them with history.ttl')
+    }
+    this.#userClient = client
+    this.#nodes = nodes
+    this.#maxLen = history === false ? 0 : positive('history.maxLen', history?.maxLen, 1000)
+    this.#keyTtl = history === false ? 0 : positive('history.keyTtl', history?.keyTtl, 3_600_000)
+    this.#ttl = history === false || history?.ttl === Infinity ? 0 : positive('history.ttl', history?.ttl, 3_600_000)
+    this.#timeout = positive('publishTimeout', options.publishTimeout, 2000)
+    this.#connectTimeout = positive('connectTimeout', options.connectTimeout, 5000)
+    const runs = options.runs
+    if (runs !== undefined && (typeof runs !== 'object' || runs === null)) fail('runs', 'must be { lease }')
+    this.#runLease = positive('runs.lease', runs?.lease, 10_000)
+    const presence = options.presence
+    if (presence !== undefined && presence !== false && (typeof presence !== 'object' || presence === null)) fail('presence', 'must be { heartbeat, flush } or false')
+    this.#presenceSettings = presence === false
+      ? undefined
+      : {
+          heartbeat: positive('presence.heartbeat', presence?.heartbeat, PRESENCE_DEFAULTS.heartbeat),
+          flush: positive('presence.flush', presence?.flush, PRESENCE_DEFAULTS.flush)
+        }
+    this.hasHistory = history !== false
+    this.channelPrefix = prefix
+    this.keys = clusterKeys(prefix)
+    this.streamKey = this.keys.plain
+    this.messageChannel = this.keys.messages
+    this.claimChannel = this.keys.claims
+    this.controlChannel = this.keys.control
+  }
+
+  async attach (host: AdapterHost): Promise<void> {
+    if (this.#host !== undefined) throw new FST_ERR_SSE_ADAPTER('a redisAdapter serves one Fastify instance; create one per instance')
+    this.#host = host
+    const user = this.#userClient
+    if (user !== undefined && user.status === 'end') throw new FST_ERR_SSE_ADAPTER('cannot reach the Redis Cluster: the client passed was closed (status "end")')
+    const client = user ?? this.#own(new Cluster(this.#nodes ?? [], CLUSTER_OPTIONS))
+    this.#client = client
+    if (this.hasHistory) this.#history = new RedisClusterHistory(client, this.keys, this.#ttl, this.#timeout * 2)
+    let lastError: Error | undefined
+    const record = (err: Error): void => { lastError = err }
+    client.on('error', record)
+    try {
+      await this.#ready(client)
+      if (this.#history !== undefined) {
+        // The sequencer's clock against this one's: publish deadlines are written in the sequencer's time.
+        const asked = Date.now()
+        const time = this.#reply(await this.#bounded(client.pipeline().exists(this.keys.seq).time().exec()), 1) as [string, string]
+        this.#skew = Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000) - Math.round((asked + Date.now()) / 2)
+        const mark = await this.#bounded(this.#history.watermark())
+        this.#released = this.#known = completeBelow(mark)
+      }
+      for (const [name, stream] of [[this.messageChannel, this.keys.plain], [this.claimChannel, undefined], [this.controlChannel, undefined]] as const) {
+        this.#channels.set(name, { name, stream: this.hasHistory ? stream : undefined, topic: undefined, cursor: undefined, shard: undefined, idleSince: undefined })
+      }
+      await this.#bounded(this.#subscribe([...this.#channels.values()]))
+      // A connection to every master now: a topic's first follower then waits for one SSUBSCRIBE, not a connect.
+      const masters = client.nodes('master')
+      for (const node of masters) this.#shard(`${node.options.host ?? '127.0.0.1'}:${node.options.port ?? 6379}`)
+      await this.#bounded(Promise.all(masters.map(node => node.ping())))
+    } catch (err) {
+      await this.close()
+      const why = lastError === undefined ? (err as Error).message : `${(err as Error).message} (${lastError.message})`
+      throw new FST_ERR_SSE_ADAPTER(`cannot reach the Redis Cluster: ${why}`, { cause: err })
+    } finally {
+      client.off('error', record)
+    }
+    client.on('ready', () => {
+      if (this.#unannounced) this.#announceAll()
+    })
+    // Routes hear first of every topic a source here starts or stops following, then presence (if on).
+    const local = host.presence
+    const routes: PresenceListener = {
+      streams: () => this.#presenceListener?.streams(),
+      identifier: identifier => this.#presenceListener?.identifier(identifier),
+      topic: (topic, identifier) => {
+        this.#route(topic)
+        this.#presenceListener?.topic(topic, identifier)
+      }
+    }
+    local.watch(routes)
+    for (const topic of local.topics()) this.#route(topic)
+    if (this.#presenceSettings !== undefined) {
+      const presence = new RedisPresence(client as unknown as Redis, host, this.keys.tag, this.#instance, this.#presenceSettings, op => this.#bounded(op))
+      this.#presence = presence
+      this.#presenceListener = presence
+      await presence.start().catch((err: Error) => host.log.warn({ err }, 'fastify-event-sources: could not write presence yet; retrying'))
+    }
+  }
+
+  async presence (topic: string): Promise<string[]> {
+    if (this.#presence !== undefined) return this.#presence.presence(topic)
+    return this.#host?.presence.presence(topic) ?? []
+  }
+
+  async count (to: CountTarget | undefined): Promise<number> {
+    if (this.#presence !== undefined) return this.#presence.count(to)
+    return this.#host?.presence.count(to) ?? 0
+  }
+
+  async publish (message: PublishedMessage, options?: AdapterPublishOptions): Promise<void> {
+    const client = this.#client
+    if (client === undefined || this.#closed) throw new FST_ERR_SSE_PUBLISH_FAILED(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
+    if (client.status !== 'ready') throw new FST_ERR_SSE_PUBLISH_FAILED(`the Redis Cluster is not connected (${client.status})`)
+    const sent = this.hasHistory ? this.#append(client, message, options?.key) : this.#publishLive(client, message)
+    this.#inFlight.add(sent)
+    try {
+      await this.#bounded(sent)
+    } catch (err) {
+      throw new FST_ERR_SSE_PUBLISH_FAILED((err as Error).message, { cause: err })
+    } finally {
+      this.#inFlight.delete(sent)
+    }
+  }
+
+  async #publishLive (client: Cluster, message: PublishedMessage): Promise<void> {
+    const payload = '\n' + encode(message, true)
+    const topics = topicsOf(message.to)
+    if (topics === undefined) await client.spublish(this.messageChannel, payload)
+    else await Promise.all(topics.map(topic => client.spublish(this.keys.topic(topic), payload)))
+  }
+
+  /**
+   * The id from the sequencer; a message to no topic is written and published there at once. A message to topics
+   * is then written and published on each topic's slot. Each write waits for one replica (when the shard has
+   * one): a publish that resolved survives its master being killed.
+   */
+  async #append (client: Cluster, message: PublishedMessage, key: string | undefined): Promise<void> {
+    const keys = this.keys
+    const topics = topicsOf(message.to) ?? []
+    const body = encode(message, false)
+    const plain = topics.length === 0
+    // The sequencer refuses to run it past the publish's deadline: it would then take an id after later publishes.
+    const sequencer = client.pipeline().eval(SEQUENCE, 5, keys.seq, keys.pending, keys.epoch, key === undefined ? keys.seq : keys.key(key), keys.plain,
+      plain ? 'p' : 't', body, this.messageChannel, this.#maxLen, this.#keyTtl, key === undefined ? '0' : '1', Date.now() + this.#skew + this.#timeout)
+    if (plain) this.#waitReplica(sequencer, keys.seq)
+    const results = await sequencer.exec()
+    const [id, seen] = this.#reply(results) as [string, number]
+    if (plain && results !== null && results.length > 1 && results[1][1] === 0) throw new Error('no replica acknowledged the write in time')
+    if (seen === 1 || plain) return
+    // On the connection to the master of each topic's slot, so that WAIT follows the write it is about.
+    const writes = topics.map(topic => {
+      const stream = keys.topic(topic)
+      const [node, replicas] = this.#master(client, stream)
+      const written = node.eval(APPEND, 1, stream, id, body, this.#maxLen, this.#ttl)
+      const waited = replicas > 0 ? node.call('WAIT', 1, Math.max(1, Math.floor(this.#timeout / 2))) : Promise.resolve(1)
+      return { written, waited }
+    })
+    try {
+      await Promise.all(writes.map(write => write.written))
+    } catch (err) {
+      for (const write of writes) write.waited.catch(() => {})
+      client.eval(ABORT, 2, keys.pending, key === undefined ? keys.pending : keys.key(key), padded(id), id).catch(() => {})
+      throw err
+    }
+    // Written everywhere: instances may deliver the ids after it (not awaited; until it lands, or the id expires,
+    // they only wait a little longer), while the replicas catch up.
+    client.zrem(keys.pending, padded(id)).catch(() => {})
+    const acks = await Promise.all(writes.map(write => write.waited))
+    if (acks.some(n => n === 0)) throw new Error('no replica acknowledged the write in time')
+  }
+
+  /** The connection to the master serving the key's slot, and how many replicas the slot map gives it. */
+  #master (client: Cluster, key: string): [Redis, number] {
+    const serving = client.slots[slotOf(key)]
+    const node = serving === undefined ? undefined : client.nodes('master').find(node => `${node.options.host}:${node.options.port}` === serving[0])
+    if (node === undefined) throw new Error(`no master known for the slot of ${key}`)
+    return [node, serving.length - 1]
+  }
+
+  #waitReplica (pipeline: ReturnType<Cluster['pipeline']>, key: string): void {
+    const replicas = (this.#client?.slots[slotOf(key)]?.length ?? 1) - 1
+    if (replicas > 0) pipeline.call('WAIT', 1, Math.max(1, Math.floor(this.#timeout / 2)))
+  }
+
+  /** The reply at `index` of a pipeline whose commands all succeeded. */
+  #reply (results: [Error | null, unknown][] | null, index = 0): unknown {
+    if (results === null) throw new Error('the pipeline was aborted')
+    for (const [err] of results) if (err !== null) throw err
+    return results[index][1]
+  }
+
+  async replay (lastEventId: string, identifier: string | undefined, topics?: readonly string[]): Promise<ReplayResult> {
+    const history = this.#history
+    if (history === undefined) return { messages: [], gap: true }
+    if (this.#client?.status !== 'ready') throw new FST_ERR_SSE_ADAPTER('the Redis Cluster is not connected; cannot read the history')
+    return this.#bounded(history.readAfter(lastEventId, identifier, topics ?? [], this.#released))
+  }
+
+  async control (message: ControlMessage): Promise<void> {
+    this.#host?.control(message)
+    const client = this.#client
+    if (client === undefined || this.#closed) throw new FST_ERR_SSE_PUBLISH_FAILED(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
+    if (client.status !== 'ready') throw new FST_ERR_SSE_PUBLISH_FAILED(`the Redis Cluster is not connected (${client.status}); the change applied to this instance only`)
+    try {
+      await this.#bounded(client.spublish(this.controlChannel, JSON.stringify([this.#instance, message.op, message.to, message.topics])))
+    } catch (err) {
+      throw new FST_ERR_SSE_PUBLISH_FAILED(`${(err as Error).message}; the change applied to this instance only`, { cause: err })
+    }
+  }
+
+  claim (identifier: string, openedAt: number): void {
+    if (this.#client === undefined || this.#closed) return
+    this.#announce([[identifier, openedAt]])
+  }
+
+  /** Runs on the sequencer's slot: their keys share its hash tag, their events travel on cluster-wide channels. */
+  runStore (sink: RunSink): RedisRunStore {
+    return (this.#runs ??= new RedisRunStore(this.keys.tag, { lease: this.#runLease, timeout: this.#timeout }, sink, () => this.#openRuns(), message => this.#host?.deliver(message)))
+  }
+
+  async #openRuns (): Promise<[Redis, Redis]> {
+    const client = this.#client
+    if (client === undefined || this.#closed) throw new FST_ERR_SSE_ADAPTER(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
+    const subscriber = this.#own(client.duplicate())
+    await this.#ready(subscriber)
+    return [client as unknown as Redis, subscriber as unknown as Redis]
+  }
+
+  async close (): Promise<void> {
+    await this.#runs?.close()
+    this.#host?.presence.watch(undefined)
+    await this.#presence?.close()
+    this.#closed = true
+    clearInterval(this.#lingerTimer)
+    await Promise.race([Promise.allSettled([...this.#inFlight]), sleep(this.#timeout)])
+    for (const shard of this.#shards.values()) this.#retire(shard)
+    this.#shards.clear()
+    const owned = this.#owned
+    this.#owned = []
+    await Promise.all(owned.map(async connection => {
+      if (connection.status === 'ready') {
+        try {
+          await this.#bounded(connection.quit())
+          return
+        } catch {}
+      }
+      connection.disconnect()
+    }))
+  }
+
+  #own<T extends Redis | Cluster> (connection: T): T {
+    this.#owned.push(connection)
+    connection.on('error', (err: Error) => {
+      if (this.#down || this.#closed || this.#host === undefined) return
+      this.#down = true
+      this.#host.log.warn({ err }, 'fastify-event-sources: Redis Cluster connection lost; reconnecting')
+    })
+    connection.on('ready', () => {
+      if (!this.#down) return
+      this.#down = false
+      this.#host?.log.info('fastify-event-sources: Redis Cluster connection back')
+    })
+    return connection
+  }
+
+  // Sharded subscriptions: one connection per master, placed by the cluster client's slot map.
+
+  /** A topic followed here gets its channel; one nobody follows any more is dropped after the linger. */
+  #route (topic: string): void {
+    if (this.#closed) return
+    const name = this.keys.topic(topic)
+    const followed = (this.#host as AdapterHost).presence.topicStreams(topic) > 0
+    const channel = this.#channels.get(name)
+    if (channel !== undefined) {
+      channel.idleSince = followed ? undefined : Date.now()
+      if (!followed) this.#lingerTimer ??= setInterval(() => this.#unsubscribeIdle(), LINGER).unref()
+      return
+    }
+    if (!followed) return
+    const fresh: Channel = { name, stream: this.hasHistory ? name : undefined, topic, cursor: undefined, shard: undefined, idleSince: undefined }
+    this.#channels.set(name, fresh)
+    if (this.#toSubscribe.size === 0) queueMicrotask(() => this.#subscribeNew())
+    this.#toSubscribe.add(fresh)
+  }
+
+  /**
+   * New topic channels: deliveries wait while they are subscribed and their streams read after the last id
+   * delivered here, so that nothing published between a source's open and the subscription is lost.
+   */
+  #subscribeNew (): void {
+    const channels = [...this.#toSubscribe]
+    this.#toSubscribe.clear()
+    this.#catchUp(channels, this.#released, false)
+  }
+
+  #unsubscribeIdle (): void {
+    const now = Date.now()
+    let idle = 0
+    for (const channel of this.#channels.values()) {
+      if (channel.idleSince === undefined) continue
+      if (now - channel.idleSince < LINGER) {
+        idle++
+        continue
+      }
+      this.#channels.delete(channel.name)
+      const shard = channel.shard
+      if (shard === undefined) continue
+      shard.channels.delete(channel)
+      if (shard.channels.size === 0) {
+        this.#shards.delete(shard.key)
+        this.#retire(shard)
+      } else {
+        shard.connection.sunsubscribe(channel.name).catch(() => {})
+      }
+    }
+    if (idle === 0) {
+      clearInterval(this.#lingerTimer)
+      this.#lingerTimer = undefined
+    }
+  }
+
+  /**
+   * Subscribes the channels (and, with history, reads their streams after their cursor, or after `from` for a
+   * channel never read), holding deliveries meanwhile. Tried again, with the slot map refreshed, until it holds;
+   * deliveries resume after publishTimeout (at least FAILOVER_WAIT) at the latest: what arrives later than its
+   * turn is then a gap.
+   */
+  #catchUp (channels: Channel[], from: string, lost: boolean): void {
+    this.#pauses++
+    let paused = true
+    const resume = (): void => {
+      if (!paused) return
+      paused = false
+      clearTimeout(timer)
+      this.#pauses--
+      this.#pump()
+    }
+    const timer = setTimeout(() => {
+      this.#host?.log.warn({ channels: channels.length }, 'fastify-event-sources: a Redis Cluster shard is still unreachable; delivering the other shards\' messages')
+      resume()
+    }, Math.max(this.#timeout, FAILOVER_WAIT))
+    const run = async (): Promise<void> => {
+      for (let attempt = 0; !this.#closed; attempt++) {
+        const wanted = channels.filter(channel => this.#channels.get(channel.name) === channel)
+        try {
+          if (attempt > 0 || lost) await this.#refreshSlots()
+          await this.#bounded(this.#subscribe(wanted.filter(channel => channel.shard === undefined)))
+          const history = this.#history
+          if (history !== undefined) {
+            await Promise.all(wanted.map(async channel => {
+              if (channel.stream === undefined) return
+              // Live messages may come in meanwhile: the read is deduplicated by id, not by position.
+              const known = channel.cursor !== undefined
+              const start = channel.cursor ?? from
+              const read = await this.#bounded(history.readStream(channel.stream, start, channel.topic !== undefined))
+              if (read.gap && known) this.#gap(start)
+              for (const entry of read.entries) {
+                if (channel.cursor === undefined || isAfter(entry.pos, channel.cursor)) channel.cursor = entry.pos
+                this.#absorb(entry, known)
+              }
+              // Read up to here: a message on this channel that comes after its turn from now on was missed.
+              channel.cursor ??= start
+            }))
+          } else if (lost) {
+            this.#host?.gap(undefined, undefined)
+          }
+          if (lost) this.#announceAll()
+          return
+        } catch (err) {
+          this.#host?.log.debug({ err, attempt }, 'fastify-event-sources: could not subscribe to a Redis Cluster shard yet; retrying')
+          await sleep(Math.min(100 * (attempt + 1), 1000))
+        }
+      }
+    }
+    run().finally(resume)
+  }
+
+  async #refreshSlots (): Promise<void> {
+    const client = this.#client as Cluster
+    await this.#bounded(new Promise<void>(resolve => client.refreshSlotsCache(() => resolve())))
+  }
+
+  /** SSUBSCRIBEs each channel on the master serving its slot (one command per slot, as Redis requires). */
+  async #subscribe (channels: Channel[]): Promise<void> {
+    const client = this.#client as Cluster
+    const bySlot = new Map<number, Channel[]>()
+    for (const channel of channels) {
+      const slot = slotOf(channel.name)
+      let list = bySlot.get(slot)
+      if (list === undefined) bySlot.set(slot, (list = []))
+      list.push(channel)
+    }
+    await Promise.all([...bySlot].map(async ([slot, list]) => {
+      const key = client.slots[slot]?.[0]
+      if (key === undefined) throw new Error(`no master known for slot ${slot}`)
+      const shard = this.#shard(key)
+      for (const channel of list) {
+        channel.shard = shard
+        shard.channels.add(channel)
+      }
+      try {
+        await shard.connection.ssubscribe(...list.map(channel => channel.name))
+      } catch (err) {
+        for (const channel of list) {
+          if (channel.shard === shard) channel.shard = undefined
+          shard.channels.delete(channel)
+        }
+        throw err
+      }
+    }))
+  }
+
+  #shard (key: string): Shard {
+    const existing = this.#shards.get(key)
+    if (existing !== undefined) return existing
+    const colon = key.lastIndexOf(':')
+    const client = this.#client as Cluster
+    const connection = new Redis({
+      ...client.options.redisOptions,
+      host: key.slice(0, colon),
+      port: Number(key.slice(colon + 1)),
+      lazyConnect: false,
+      enableOfflineQueue: true,
+      autoResubscribe: false,
+      maxRetriesPerRequest: 0,
+      connectTimeout: this.#connectTimeout,
+      // A lost master is not waited for: its channels go to whichever node serves their slots now.
+      retryStrategy: () => null
+    })
+    const shard: Shard = { key, connection, channels: new Set(), retired: false }
+    this.#shards.set(key, shard)
+    connection.on('error', (err: Error) => this.#host?.log.debug({ err, node: key }, 'fastify-event-sources: Redis Cluster subscriber error'))
+    connection.on('smessage', (name: string, payload: string) => this.#onMessage(name, payload))
+    connection.on('end', () => this.#lost(shard))
+    return shard
+  }
+
+  #retire (shard: Shard): void {
+    shard.retired = true
+    shard.connection.disconnect()
+  }
+
+  #lost (shard: Shard): void {
+    if (shard.retired || this.#closed) return
+    shard.retired = true
+    if (this.#shards.get(shard.key) === shard) this.#shards.delete(shard.key)
+    const channels = [...shard.channels]
+    for (const channel of channels) channel.shard = undefined
+    if (channels.length === 0) return
+    this.#host?.log.warn({ node: shard.key, channels: channels.length }, 'fastify-event-sources: lost a Redis Cluster shard subscription; subscribing again')
+    this.#catchUp(channels, this.#released, true)
+  }
+
+  // Delivery in id order.
+
+  #onMessage (name: string, payload: string): void {
+    const host = this.#host
+    const channel = this.#channels.get(name)
+    if (host === undefined || this.#closed || channel === undefined) return
+    if (name === this.claimChannel) return this.#onClaim(payload)
+    if (name === this.controlChannel) return this.#onControl(payload)
+    let entry: ClusterEntry
+    try {
+      entry = decodePayload(payload)
+    } catch (err) {
+      host.log.warn({ err, channel: name }, 'fastify-event-sources: ignored a malformed message from Redis')
+      return
+    }
+    if (this.#history === undefined) {
+      host.deliver(entry.message)
+      return
+    }
+    if (channel.cursor !== undefined && !isAfter(entry.pos, channel.cursor)) return
+    const known = channel.cursor !== undefined
+    channel.cursor = entry.pos
+    this.#absorb(entry, known)
+  }
+
+  /**
+   * A message from a channel or read from its stream: held for its turn, once. `missed`: if its turn is past, it
+   * was missed here (not merely older than a new subscription).
+   */
+  #absorb (entry: ClusterEntry, missed: boolean): void {
+    const message = entry.message
+    const id = message.id as string
+    if (!isAfter(id, this.#released)) {
+      // A message to several topics comes once per topic; anything else this late missed its turn here.
+      const topics = topicsOf(message.to)
+      if (missed && (topics === undefined || topics.length < 2)) this.#late(message)
+      return
+    }
+    if (this.#heldIds.has(id)) return
+    this.#heldIds.add(id)
+    const held = this.#held
+    let at = held.length
+    while (at > 0 && isAfter(held[at - 1].id, id)) at--
+    held.splice(at, 0, { message, id })
+    this.#pump()
+  }
+
+  /** Sources that can still take it get it; every source hears of the gap. */
+  #late (message: PublishedMessage): void {
+    const host = this.#host as AdapterHost
+    host.log.warn({ id: message.id, delivered: this.#released }, 'fastify-event-sources: a message reached this instance after later ones; reporting a gap')
+    host.deliver(message)
+    host.gap(this.#released, message.id)
+  }
+
+  #gap (from: string): void {
+    const host = this.#host as AdapterHost
+    host.log.warn({ lastId: from }, 'fastify-event-sources: the history no longer holds what was missed; reporting a gap')
+    host.gap(this.#released, from)
+  }
+
+  /** Delivers what is held, in id order, as far as the watermark allows; one loop at a time. */
+  #pump (): void {
+    if (this.#pumping || this.#pauses > 0 || this.#held.length === 0 || this.#closed) return
+    this.#pumping = true
+    this.#runPump().finally(() => {
+      this.#pumping = false
+      if (this.#held.length > 0 && this.#pauses === 0 && !this.#closed) this.#pump()
+    }).catch(() => {})
+  }
+
+  async #runPump (): Promise<void> {
+    const history = this.#history as RedisClusterHistory
+    while (this.#held.length > 0 && this.#pauses === 0 && !this.#closed) {
+      if (this.#release(undefined)) continue
+      let mark: Watermark
+      try {
+        mark = await this.#bounded(history.watermark())
+      } catch (err) {
+        this.#host?.log.debug({ err }, 'fastify-event-sources: could not read the Redis Cluster watermark; retrying')
+        await sleep(100)
+        continue
+      }
+      if (this.#pauses > 0) return
+      // A write the watermark counts as complete was published on its shard before the watermark was read, but its
+      // message may still be on its way over that shard's connection: a PING sent now is answered after it.
+      try {
+        await this.#bounded(this.#barrier())
+      } catch (err) {
+        this.#host?.log.debug({ err }, 'fastify-event-sources: a Redis Cluster shard did not answer; retrying')
+        await sleep(100)
+        continue
+      }
+      if (this.#pauses > 0) return
+      const known = completeBelow(mark)
+      if (isAfter(known, this.#known)) this.#known = known
+      if (!this.#release(mark)) await sleep(1)
+    }
+  }
+
+  /** Resolves once every shard connection with a subscription has sent all it had before this call. */
+  async #barrier (): Promise<unknown> {
+    const pings: Promise<unknown>[] = []
+    for (const shard of this.#shards.values()) if (!shard.retired && shard.channels.size > 0) pings.push(shard.connection.ping())
+    return Promise.all(pings)
+  }
+
+  /**
+   * Delivers held messages in order while each is known complete, or (with a watermark read) every id handed out
+   * below it is complete or held here: a held message was written, at least to the stream it came from.
+   */
+  #release (mark: Watermark | undefined): boolean {
+    const host = this.#host as AdapterHost
+    const held = this.#held
+    const pending = mark?.pending ?? []
+    let p = 0
+    let n = 0
+    for (; n < held.length; n++) {
+      const id = held[n].id
+      if (isAfter(id, this.#known)) {
+        if (mark === undefined || isAfter(id, mark.last)) break
+        while (p < pending.length && compareIds(pending[p], id) < 0 && this.#heldIds.has(pending[p])) p++
+        if (p < pending.length && compareIds(pending[p], id) < 0) break
+        if (p === pending.length && pending.length === WATERMARK_COUNT && isAfter(id, pending[p - 1])) break
+      }
+    }
+    if (n === 0) return false
+    const out = held.splice(0, n)
+    for (const { message, id } of out) {
+      this.#heldIds.delete(id)
+      this.#released = id
+      host.deliver(message)
+    }
+    return true
+  }
+
+  // Claims and control, on the sequencer's slot.
+
+  #announce (claims: [string, number][]): void {
+    const client = this.#client as Cluster
+    if (client.status !== 'ready') {
+      this.#unannounced = true
+      return
+    }
+    const payload = claims.length === 1 ? [this.#instance, claims[0][0], claims[0][1]] : [this.#instance, claims]
+    client.spublish(this.claimChannel, JSON.stringify(payload)).catch((err: Error) => {
+      this.#unannounced = true
+      this.#host?.log.debug({ err }, 'fastify-event-sources: could not announce identifiers to other instances')
+    })
+  }
+
+  #announceAll (): void {
+    this.#unannounced = false
+    const all = this.#host?.identified() ?? []
+    for (let i = 0; i < all.length; i += CLAIMS_PER_MESSAGE) this.#announce(all.slice(i, i + CLAIMS_PER_MESSAGE))
+  }
+
+  #onControl (payload: string): void {
+    const host = this.#host as AdapterHost
+    let message: ControlMessage
+    try {
+      const [instance, op, to, topics] = JSON.parse(payload) as [unknown, unknown, unknown, unknown]
+      if (instance === this.#instance) return
+      if ((op !== 'subscribe' && op !== 'unsubscribe') || to === undefined || !isTarget(to)) throw new TypeError('not a control message')
+      message = { op, to, topics: checkTopics(topics) }
+    } catch (err) {
+      host.log.warn({ err, channel: this.controlChannel }, 'fastify-event-sources: ignored a malformed control message from Redis')
+      return
+    }
+    host.control(message)
+  }
+
+  #onClaim (payload: string): void {
+    const host = this.#host as AdapterHost
+    let claim: unknown
+    try {
+      claim = JSON.parse(payload)
+    } catch {
+      return
+    }
+    if (!Array.isArray(claim) || claim[0] === this.#instance) return
+    const claims = Array.isArray(claim[1]) ? claim[1] as unknown[] : [[claim[1], claim[2]]]
+    const newer: [string, number][] = []
+    for (const one of claims) {
+      if (!Array.isArray(one) || typeof one[0] !== 'string' || typeof one[1] !== 'number') continue
+      const [identifier, openedAt] = one as [string, number]
+      const mine = host.openedAt(identifier)
+      if (mine === undefined) continue
+      if (mine < openedAt) host.closeOlder(identifier, openedAt)
+      else if (mine > openedAt) newer.push([identifier, mine])
+    }
+    if (newer.length > 0) this.#announce(newer)
+  }
+
+  async #ready (connection: Redis | Cluster): Promise<void> {
+    if (connection.status === 'ready') return
+    await new Promise<void>((resolve, reject) => {
+      const done = (err?: Error): void => {
+        clearTimeout(timer)
+        connection.off('ready', onReady)
+        connection.off('end', onEnd)
+        if (err === undefined) resolve()
+        else reject(err)
+      }
+      const onReady = (): void => done()
+      const onEnd = (): void => done(new Error('the connection ended'))
+      const timer = setTimeout(done, this.#connectTimeout, new Error(`no connection within ${this.#connectTimeout} ms`))
+      connection.once('ready', onReady)
+      connection.once('end', onEnd)
+    })
+  }
+
+  async #bounded<T> (operation: Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    const expired = new Promise<never>((resolve, reject) => {
+      timer = setTimeout(reject, this.#timeout, new Error(`Redis did not answer within ${this.#timeout} ms`))
+      timer.unref()
+    })
+    try {
+      return await Promise.race([operation, expired])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+}
+
+/**
+ * Fail fast rather than queue or retry while a shard is away: a publish retried after it was reported failed
+ * would take its id after later publishes, and one sent again after its connection dropped may be stored twice.
+ * (A MOVED reply is still followed: the command did not run.) The slot map is refreshed every second.
+ */
+const CLUSTER_OPTIONS: ClusterOptions = {
+  enableOfflineQueue: false,
+  slotsRefreshInterval: 1000,
+  retryDelayOnFailover: 0,
+  retryDelayOnClusterDown: 0,
+  retryDelayOnTryAgain: 0,
+  redisOptions: { maxRetriesPerRequest: 0, autoResendUnfulfilledCommands: false } satisfies Partial<RedisOptions>
+}
+
+export { RedisClusterAdapter }

@@ -1,0 +1,256 @@
+import tap, { test, type Test } from 'tap'
+import { randomBytes } from 'node:crypto'
+import type { FastifyInstance } from 'fastify'
+import { Cluster } from 'ioredis'
+import redisAdapter from '../lib/adapters/redis'
+import { slotOf } from '../lib/history/redis-cluster-streams'
+import type { RedisClusterAdapterOptions } from '../types/redis'
+import type { PublishTarget, TopicTarget } from '../types/index'
+import { prng, sleep } from './helpers/clients'
+import { readEvents, type EventStream } from './helpers/read-events'
+import { Client, Switchboard, portOf } from './helpers/redis'
+import { start, until } from './helpers/server'
+import { clusterReady, startCluster, type RedisCluster } from './fixtures/redis-cluster'
+
+/** `/sse?id=&topics=a,b`: a source (identified when id is given) following `topics` from the start. */
+function routes (app: FastifyInstance): void {
+  app.get<{ Querystring: { id?: string, topics?: string } }>('/sse', async request => {
+    const { id, topics } = request.query
+    const sse = request.getEventSource(id === undefined || id === '' ? undefined : id, topics === undefined ? undefined : { topics: topics.split(',') })
+    sse.flush()
+    await sse.keepAlive()
+    return sse.close()
+  })
+}
+
+const data = (stream: EventStream): string[] => stream.events.map(e => e.data)
+
+interface Route { to: PublishTarget | TopicTarget | undefined, alice: boolean, anonymous: boolean }
+
+const ROUTES: Route[] = [
+  { to: { topic: 'room:a' }, alice: true, anonymous: true },
+  { to: { topic: 'room:b' }, alice: true, anonymous: true },
+  { to: 'alice', alice: true, anonymous: false },
+  { to: { topic: 'room:c' }, alice: false, anonymous: false },
+  { to: 'bob', alice: false, anonymous: false },
+  { to: { topic: ['room:a', 'room:c'] }, alice: true, anonymous: true },
+  { to: { topic: ['room:b', 'room:a'] }, alice: true, anonymous: true },
+  { to: { prefix: 'ali' }, alice: true, anonymous: false },
+  { to: undefined, alice: true, anonymous: false }
+]
+
+if (clusterReady(tap)) {
+  let cluster: RedisCluster
+  tap.before(async () => { cluster = await startCluster() })
+  tap.teardown(() => cluster?.stop())
+
+  const uniquePrefix = (): string => `fes-cluster:${randomBytes(4).toString('hex')}:`
+
+  async function instance (t: Test, prefix: string, options: RedisClusterAdapterOptions = {}): Promise<{ app: FastifyInstance, url: string }> {
+    return start(t, routes, { adapter: redisAdapter({ nodes: cluster.startupNodes, channelPrefix: prefix, ...options }), retry: 20 })
+  }
+
+  async function open (t: Test, url: string, lastEventId?: string): Promise<EventStream> {
+    const stream = await readEvents(url, lastEventId === undefined ? {} : { 'last-event-id': lastEventId })
+    t.teardown(stream.close)
+    return stream
+  }
+
+  function commands (t: Test): Cluster {
+    const client = new Cluster(cluster.startupNodes, { slotsRefreshInterval: 1000 })
+    client.on('error', () => {})
+    t.teardown(() => client.disconnect())
+    return client
+  }
+
+  test('the topic streams and the sequencer live on their own slots, and room:a and room:b on different masters', async t => {
+    const prefix = uniquePrefix()
+    const { app } = await instance(t, prefix)
+    await app.eventSources.publish('a', { to: { topic: 'room:a' } })
+    await app.eventSources.publish('b', { to: { topic: 'room:b' } })
+    await app.eventSources.publish('plain', { to: 'alice' })
+    const redis = commands(t)
+    const a = await redis.xrange(`${prefix}{t:room:a}`, '-', '+')
+    const b = await redis.xrange(`${prefix}{t:room:b}`, '-', '+')
+    const plain = await redis.xrange(`{${prefix}}plain`, '-', '+')
+    t.same([a.length, b.length, plain.length], [1, 1, 1])
+    t.ok(BigInt(a[0][0].split('-')[0]) <= BigInt(b[0][0].split('-')[0]), 'one increasing sequence across shards')
+    t.equal(slotOf(`${prefix}{t:room:a}`), slotOf('t:room:a'), 'the hash tag is the topic')
+    const masters = new Set(await Promise.all(['room:a', 'room:b', 'room:c', 'room:7', 'room:8'].map(topic => cluster.masterOf(`${prefix}{t:${topic}}`))))
+    t.comment(`the test topics live on ${masters.size} of the 3 masters`)
+  })
+
+  for (const who of ['alice', 'an anonymous follower'] as const) {
+    test(`behind a round-robin balancer over two instances, ${who} following room:a and room:b, cut several times, receives exactly its messages once, in order`, async t => {
+      const prefix = uniquePrefix()
+      const nodes = [await instance(t, prefix), await instance(t, prefix)]
+      const identified = who === 'alice'
+      const board = new Switchboard(t, portOf(nodes[0].url))
+      const query = identified ? '?id=alice&topics=room:a,room:b' : '?topics=room:a,room:b'
+      const client = new Client(t, nodes[0].url + '/sse' + query, { dispatcher: board.agent }, ['reset'])
+      await until(() => client.opens === 1, 5000, 'first open')
+      const random = prng(29)
+      const expected: string[] = []
+      const TOTAL = 300
+      let cuts = 0
+      for (let n = 1; n <= TOTAL; n++) {
+        const route = ROUTES[Math.floor(random() * ROUTES.length)]
+        const publisher = nodes[Math.floor(random() * 2)].app
+        await publisher.eventSources.publish(String(n), route.to === undefined ? {} : { to: route.to })
+        if (identified ? route.alice : route.anonymous) expected.push(String(n))
+        if (n % 60 === 30) {
+          cuts++
+          board.port = portOf(nodes[cuts % 2].url)
+          if (cuts % 2 === 0) for (const { app } of nodes) for (const source of app.eventSources.subscribers('room:a')) source.close()
+          else board.drop()
+        }
+        if (n % 4 === 0) await sleep(1)
+      }
+      await until(() => client.data.length >= expected.length, 15_000, `${expected.length} messages`)
+      await sleep(100)
+      t.equal(cuts, 5)
+      t.ok(client.opens >= 4, `the client reconnected (${client.opens} opens) on both instances`)
+      t.same(client.events.filter(e => e.type === 'reset'), [], 'no gap was reported')
+      t.same(client.data, expected, `exactly its ${expected.length} of ${TOTAL} messages, once each, in publish order`)
+      const ids = client.events.map(e => e.id)
+      t.equal(new Set(ids).size, ids.length, 'one id sequence: no id twice')
+    })
+  }
+
+  // Regression: a write counted complete by the sequencer could still be on its way over its shard's connection
+  // when later ids were released; the instance reported a gap. A PING on each shard connection now fences it.
+  test('concurrent publishes from two instances to topics on different shards arrive in one id order, each once, on both instances', async t => {
+    const prefix = uniquePrefix()
+    const nodes = [await instance(t, prefix), await instance(t, prefix)]
+    const streams = await Promise.all(nodes.map((node, i) => open(t, node.url + `/sse?id=u:${i}&topics=room:a,room:b,room:c`)))
+    await until(() => nodes.every(node => node.app.eventSources.subscribers('room:c').length === 1), 5000, 'both open')
+    const TOTAL = 400
+    const sent: Promise<void>[] = []
+    for (let n = 0; n < TOTAL; n++) {
+      const node = nodes[n % 2]
+      const to = n % 5 === 4 ? { prefix: 'u:' } : { topic: ['room:a', 'room:b', 'room:c'][n % 3] }
+      sent.push(node.app.eventSources.publish(`${n % 2}:${n}`, { to }))
+    }
+    await Promise.all(sent)
+    await until(() => streams.every(stream => stream.events.length >= TOTAL), 15_000, 'every message on both')
+    await sleep(50)
+    const [one, two] = streams.map(stream => stream.events.map(e => [e.id, e.data]))
+    t.equal(one.length, TOTAL)
+    t.same(one, two, 'both instances deliver the same messages in the same order')
+    const ids = one.map(([id]) => id as string)
+    t.ok(ids.every((id, i) => i === 0 || compare(id, ids[i - 1]) > 0), 'in increasing id order')
+    for (const origin of ['0', '1']) {
+      const mine = one.map(([, text]) => text as string).filter(text => text.startsWith(origin + ':')).map(text => Number(text.slice(2)))
+      t.ok(mine.every((n, i) => i === 0 || n > mine[i - 1]), `instance ${origin}'s messages in its publish order`)
+    }
+    // A fresh instance replays the same order from the history spread over the shards.
+    const third = await instance(t, prefix)
+    const replayed = await open(t, third.url + '/sse?id=u:2&topics=room:a,room:b,room:c', '0-1')
+    await until(() => replayed.events.length >= TOTAL + 1, 10_000, 'the replay')
+    t.equal(replayed.events[0].event, 'reset', 'an id before this history: a gap, then everything held')
+    t.same(replayed.events.slice(1).map(e => [e.id, e.data]), one, 'the replay is the live order')
+  })
+
+  test('eventSources.subscribe on one instance joins a stream open on another; unsubscribe leaves', async t => {
+    const prefix = uniquePrefix()
+    const a = await instance(t, prefix)
+    const b = await instance(t, prefix)
+    const alice = await open(t, b.url + '/sse?id=team:alice')
+    const carol = await open(t, a.url + '/sse?id=team:carol')
+    await until(() => a.app.eventSources.activeConnections === 1 && b.app.eventSources.activeConnections === 1)
+    await a.app.eventSources.subscribe('team:alice', 'room:7')
+    await a.app.eventSources.publish('room 7, after the join', { to: { topic: 'room:7' } })
+    await until(() => alice.events.length === 1, 5000, 'the message on B')
+    await b.app.eventSources.subscribe({ prefix: 'team:' }, ['room:8'])
+    await b.app.eventSources.publish('room 8', { to: { topic: 'room:8' } })
+    await until(() => carol.events.length === 1 && alice.events.length === 2, 5000, 'room 8 on both')
+    await a.app.eventSources.unsubscribe('team:alice', 'room:7')
+    await a.app.eventSources.publish('room 7, after leaving', { to: { topic: 'room:7' } })
+    await a.app.eventSources.publish('end')
+    await until(() => alice.events.length === 3 && carol.events.length === 2, 5000, 'the end marker')
+    t.same(data(alice), ['room 7, after the join', 'room 8', 'end'])
+    t.same(data(carol), ['room 8', 'end'])
+  })
+
+  test('presence and counts across instances; a newer stream for an identifier on another instance replaces the older one', async t => {
+    const prefix = uniquePrefix()
+    const options = { presence: { heartbeat: 200, flush: 20 } }
+    const a = await instance(t, prefix, options)
+    const b = await instance(t, prefix, options)
+    const first = await open(t, a.url + '/sse?id=alice&topics=room:1')
+    await open(t, b.url + '/sse?id=bob&topics=room:1')
+    await open(t, b.url + '/sse?topics=room:1')
+    await until(() => a.app.eventSources.openStreams === 1 && b.app.eventSources.openStreams === 2)
+    const deadline = Date.now() + 5000
+    while ((await a.app.eventSources.count({ topic: 'room:1' })) !== 3 && Date.now() < deadline) await sleep(20)
+    t.equal(await a.app.eventSources.count({ topic: 'room:1' }), 3, 'three followers of room:1 over both instances')
+    t.same((await b.app.eventSources.presence('room:1')).sort(), ['alice', 'bob'])
+    t.equal(await b.app.eventSources.count(), 3)
+    t.equal(await b.app.eventSources.count({ prefix: 'al' }), 1)
+    const redis = commands(t)
+    t.ok((await redis.exists(`{${prefix}}instances`)) === 1, 'presence lives on the sequencer\'s slot')
+
+    await sleep(5)
+    const second = await open(t, b.url + '/sse?id=alice')
+    await until(() => a.app.eventSources.openStreams === 0, 5000, 'the older alice closed on A')
+    t.equal(b.app.eventSources.getByIdentifier('alice')?.isActive, true, 'the newer one stays')
+    await a.app.eventSources.publish('to alice', { to: 'alice' })
+    await until(() => second.events.length === 1, 5000, 'the message on the newer stream')
+    t.same(data(first), [])
+  })
+
+  test('runs: a follower on another instance gets every event once, in order, and the end', async t => {
+    const prefix = uniquePrefix()
+    const make = async (): Promise<{ app: FastifyInstance, url: string }> => start(t, (app: FastifyInstance) => {
+      app.get<{ Params: { key: string } }>('/runs/:key', async (request, reply) => {
+        if (await app.eventSources.runState(request.params.key, request.headers['last-event-id'] as string | undefined) === undefined) return reply.code(204).send()
+        const sse = request.getEventSource()
+        await sse.follow(request.params.key)
+      })
+    }, { retry: 30, adapter: redisAdapter({ nodes: cluster.startupNodes, channelPrefix: prefix, runs: { lease: 5000 } }) })
+    const a = await make()
+    const b = await make()
+    const running = a.app.eventSources.run('job:1', async function * () {
+      for (let n = 1; n <= 40; n++) {
+        await sleep(5)
+        yield { n }
+      }
+    })
+    const client = new Client(t, b.url + '/runs/job:1', undefined, ['end'])
+    await until(() => client.events.some(e => e.type === 'end'), 20_000, 'the end event')
+    const items = client.events.filter(e => e.type === 'message').map(e => JSON.parse(e.data).n)
+    t.same(items, Array.from({ length: 40 }, (_, i) => i + 1), 'every event once, in order')
+    t.same(await running, { sent: 40, reason: 'done' })
+  })
+
+  test('options a cluster cannot take are refused when the adapter is made', async t => {
+    const nodes = cluster.startupNodes
+    t.throws(() => redisAdapter({ nodes, channelPrefix: 'a{b}:' }), { code: 'FST_ERR_SSE_INVALID_OPTION' })
+    t.throws(() => redisAdapter({ nodes, history: { topics: 10 } } as never), { code: 'FST_ERR_SSE_INVALID_OPTION' })
+    t.throws(() => redisAdapter({ nodes, url: 'redis://x' } as never), { code: 'FST_ERR_SSE_INVALID_OPTION' })
+    t.throws(() => redisAdapter({ nodes: [] }), { code: 'FST_ERR_SSE_INVALID_OPTION' })
+    t.doesNotThrow(() => redisAdapter({ nodes, history: { ttl: Infinity, maxLen: 10 } }))
+    const given = commands(t)
+    t.equal(redisAdapter({ client: given }).constructor.name, 'RedisClusterAdapter', 'a Cluster client picks the cluster adapter')
+  })
+
+  test('a topic history trimmed past a client\'s id is a gap (the reset event), then what is held', async t => {
+    const prefix = uniquePrefix()
+    const { app, url } = await instance(t, prefix, { history: { maxLen: 5 } })
+    const first = await open(t, url + '/sse?topics=busy')
+    await app.eventSources.publish('b0', { to: { topic: 'busy' } })
+    await until(() => first.events.length === 1)
+    first.close()
+    for (let n = 1; n <= 20; n++) await app.eventSources.publish(`b${n}`, { to: { topic: 'busy' } })
+    const resumed = await open(t, url + '/sse?topics=busy', first.events[0].id)
+    await until(() => resumed.events.length === 6, 5000, 'the reset and the five held')
+    t.equal(resumed.events[0].event, 'reset')
+    t.same(data(resumed).slice(1), ['b16', 'b17', 'b18', 'b19', 'b20'])
+  })
+}
+
+function compare (a: string, b: string): number {
+  const [am, as] = a.split('-').map(BigInt)
+  const [bm, bs] = b.split('-').map(BigInt)
+  return am === bm ? (as === bs ? 0 : as > bs ? 1 : -1) : am > bm ? 1 : -1
+}
