@@ -7,6 +7,7 @@ import { test, type Test } from 'tap'
 import ts from 'typescript'
 import { packageDir, ROOT } from './helpers/package-dir'
 import { sleep } from './helpers/clients'
+import { startCluster, type RedisCluster } from './fixtures/redis-cluster'
 
 interface Block { lang: 'js' | 'ts', code: string, line: number }
 
@@ -81,6 +82,8 @@ test('every js and ts block of the README runs as pasted (issue 11, point 7)', a
   const found = blocks(README)
   t.ok(found.length >= 10, `${found.length} blocks found`)
   let redisUrl: string | undefined
+  let cluster: RedisCluster | undefined
+  outer.teardown(() => cluster?.stop())
 
   for (const [i, block] of found.entries()) {
     const name = `README.md line ${block.line} (${block.lang})`
@@ -99,7 +102,14 @@ test('every js and ts block of the README runs as pasted (issue 11, point 7)', a
       }
       writeFileSync(file, source)
       const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(await freePort()) }
-      if (block.code.includes('fastify-event-sources/redis')) {
+      if (block.code.includes('REDIS_CLUSTER_NODES')) {
+        if (spawnSync('redis-server', ['--version']).status !== 0) {
+          t.pass('skipped: redis-server is not installed, and this block needs a Redis Cluster')
+          return
+        }
+        cluster ??= await startCluster()
+        env.REDIS_CLUSTER_NODES = cluster.startupNodes.map(node => `${node.host}:${node.port}`).join(',')
+      } else if (block.code.includes('fastify-event-sources/redis')) {
         redisUrl ??= await privateRedis(outer)
         if (redisUrl === undefined) {
           t.pass('skipped: redis-server is not installed, and this block needs a Redis')
