@@ -34,6 +34,7 @@ else plan.sustainedNs = []
 const CONTENDERS = [
   { id: 'plain', file: 'plain-node.js', label: 'node:http, chunked res.write loop (the reference)' },
   { id: 'plain-close', file: 'plain-node.js', env: { FRAMING: 'close' }, label: 'node:http, close-delimited res.write loop' },
+  { id: 'plain-direct', file: 'plain-node.js', env: { FRAMING: 'direct' }, label: 'node:http, close-delimited, socket.write loop (no cork)', optional: true },
   { id: 'plugin', file: 'plugin.js', env: { VARIANT: 'broadcast' }, label: 'fastify-event-sources, broadcast()', ping: true },
   { id: 'plugin-chunked', file: 'plugin.js', env: { VARIANT: 'broadcast', CHUNKED: '1' }, label: 'fastify-event-sources, broadcast(), chunked: true', optional: true },
   { id: 'plugin-publish', file: 'plugin.js', env: { VARIANT: 'publish' }, label: 'fastify-event-sources, publish()' },
