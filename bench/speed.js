@@ -5,7 +5,7 @@
 //
 //   node bench/speed.js                      N = 2,000 and 10,000, three passes
 //   options: --n=2000  --runs=5  --only=plain,plugin  --before=<dist dir of another build>  --label=name
-//            --builds=a,b (builds copied to dist/builds/<name>)
+//            --builds=a,b (builds copied to dist/builds/<name>; --ping-builds: their ping rounds too)
 //            --quick (fewer rounds, shorter sustained runs: for direction only)  --cpu (broadcasts only)
 //            --write (keep the tables in bench/results/speed.md and BENCHMARKS.md)  --from=<results file> (no run)
 //
@@ -54,7 +54,7 @@ const labels = Object.fromEntries((value('build-labels') ?? '').split(';').filte
 for (const id of value('builds')?.split(',') ?? []) {
   const [name, chunked] = id.split('+')
   const env = { VARIANT: 'broadcast', PLUGIN_DIST: path.join(__dirname, '..', 'dist', 'builds', name, 'index.js'), ...(chunked ? { CHUNKED: '1' } : {}) }
-  CONTENDERS.push({ id, file: 'plugin.js', env, label: labels[id] ?? `build ${id}, broadcast()`, build: true })
+  CONTENDERS.push({ id, file: 'plugin.js', env, label: labels[id] ?? `build ${id}, broadcast()`, build: true, ping: has('ping-builds') })
 }
 const only = value('only')?.split(',')
 const contenders = only ? CONTENDERS.filter(c => only.includes(c.id)) : CONTENDERS.filter(c => !c.optional && !(c.features && has('no-features')))

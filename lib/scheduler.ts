@@ -5,10 +5,27 @@ import type { EventSource, WriteKind } from './event-source'
 const CHECK_EVERY = 64
 /** µs per write assumed before any has been measured: twice a warm loopback write, since the first run is cold. */
 const FIRST_GUESS_US = 40
+/** µs to queue a frame for a deferred source, assumed before it has been measured. */
+const FIRST_GUESS_QUEUE_US = 2
 
-// Queued behind the response ticks of the writes just made (the nextTick queue is FIFO), so the time includes them.
-function learn (cost: { us: number }, start: number, writes: number): void {
-  cost.us += ((performance.now() - start) * 1000 / writes - cost.us) / 2
+/**
+ * What one path of fan-outs (broadcasts, or one ping group) has measured: µs per write, µs per source deferred
+ * once the slice is used up, and how many sources its last fan-out went to (the next one's size, most likely).
+ */
+export interface FanOutCost {
+  us: number
+  queueUs: number
+  sources: number
+}
+
+export function fanOutCost (): FanOutCost {
+  return { us: FIRST_GUESS_US, queueUs: FIRST_GUESS_QUEUE_US, sources: 0 }
+}
+
+// Queued behind the response ticks of the writes just made (the nextTick queue is FIFO), so the time includes them;
+// minus the time spent queueing frames for the sources deferred after them.
+function learn (cost: { us: number }, start: number, writes: number, queueMs = 0): void {
+  cost.us += (((performance.now() - start) - queueMs) * 1000 / writes - cost.us) / 2
 }
 
 /**
@@ -26,7 +43,7 @@ export class WriteScheduler {
   #sweeper: NodeJS.Timeout | undefined
   // Node's http layer corks a response on write and hands it to the socket at process.nextTick, so most of a
   // write's cost lands after the loop that made it: slices are sized by the measured cost, not only the clock.
-  #fanOutCost = { us: FIRST_GUESS_US }
+  #fanOutCost = fanOutCost()
   #flushCost = { us: FIRST_GUESS_US }
   // A fan-out that ran out of slice may have run in the poll phase; the check phase follows it at once, so the
   // first flush waits one more turn, letting the loop poll (answer other requests) between the two slices.
@@ -42,28 +59,47 @@ export class WriteScheduler {
   /**
    * Writes one frame to every source. Once the slice is used up, the rest get the frame queued (cheap) and are
    * flushed on later ticks, so one large fan-out never blocks the loop for long and each source keeps its order.
+   * Queueing the rest is slice work too: the writes stop early enough to leave room for it, as measured on the
+   * same path (`cost`: one per ping group, one for everything else).
    */
-  fanOut (sources: Iterable<EventSource>, frame: Buffer, kind: WriteKind): number {
+  fanOut (sources: Iterable<EventSource>, frame: Buffer, kind: WriteKind, cost: FanOutCost = this.#fanOutCost): number {
     const start = performance.now()
-    const deadline = start + this.slice
-    const budget = this.#budget(this.#fanOutCost.us)
+    // In µs: all of the slice on the clock, nine tenths of it by the measured costs.
+    const slice = this.slice * 1000
+    const planned = this.slice * 900
+    const { us, queueUs, sources: expected } = cost
     let n = 0
     let i = 0
     // Only writes that reached the socket count against the budget and teach the cost: a source with a queue
     // (or every source, in batch mode) just had the frame queued, which costs next to nothing.
     let written = 0
-    let deferring = false
+    let deferredFrom = -1
+    let queueStart = 0
     for (const source of sources) {
-      if (deferring) {
+      if (deferredFrom !== -1) {
         if (source._enqueue(frame, kind, true)) n++
         this.#yieldFirst = true
+        i++
         continue
       }
       if (source._write(frame, kind)) n++
       if (source._queue === null) written++
-      if (++i % CHECK_EVERY === 0 && (written >= budget || performance.now() >= deadline)) deferring = true
+      if (++i % CHECK_EVERY === 0) {
+        const rest = expected > i ? (expected - i) * queueUs : 0
+        if (written * us + rest >= planned || (performance.now() - start) * 1000 + rest >= slice) {
+          deferredFrom = i
+          queueStart = performance.now()
+        }
+      }
     }
-    if (written >= CHECK_EVERY) process.nextTick(learn, this.#fanOutCost, start, written)
+    cost.sources = i
+    let queueMs = 0
+    if (deferredFrom !== -1) {
+      queueMs = performance.now() - queueStart
+      const deferred = i - deferredFrom
+      if (deferred >= CHECK_EVERY) cost.queueUs += (queueMs * 1000 / deferred - cost.queueUs) / 2
+    }
+    if (written >= CHECK_EVERY) process.nextTick(learn, cost, start, written, queueMs)
     return n
   }
 
