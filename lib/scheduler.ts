@@ -22,10 +22,20 @@ export function fanOutCost (): FanOutCost {
   return { us: FIRST_GUESS_US, queueUs: FIRST_GUESS_QUEUE_US, sources: 0 }
 }
 
+/**
+ * The process's CPU time in µs. Costs are learned in CPU time: on a busy machine the clock also counts the time
+ * other processes held the core, which made one slow turn shrink the next slices to a fraction of their size (and
+ * queue most of a fan-out, which costs more in all). The clock still bounds every slice.
+ */
+function cpuUs (): number {
+  const { user, system } = process.cpuUsage()
+  return user + system
+}
+
 // Queued behind the response ticks of the writes just made (the nextTick queue is FIFO), so the time includes them;
 // minus the time spent queueing frames for the sources deferred after them.
-function learn (cost: { us: number }, start: number, writes: number, queueMs = 0): void {
-  cost.us += (((performance.now() - start) - queueMs) * 1000 / writes - cost.us) / 2
+function learn (cost: { us: number }, startCpu: number, writes: number, queueUs = 0): void {
+  cost.us += ((cpuUs() - startCpu - queueUs) / writes - cost.us) / 2
 }
 
 /**
@@ -64,6 +74,7 @@ export class WriteScheduler {
    */
   fanOut (sources: Iterable<EventSource>, frame: Buffer, kind: WriteKind, cost: FanOutCost = this.#fanOutCost): number {
     const start = performance.now()
+    const startCpu = cpuUs()
     // In µs: all of the slice on the clock, nine tenths of it by the measured costs.
     const slice = this.slice * 1000
     const planned = this.slice * 900
@@ -88,18 +99,18 @@ export class WriteScheduler {
         const rest = expected > i ? (expected - i) * queueUs : 0
         if (written * us + rest >= planned || (performance.now() - start) * 1000 + rest >= slice) {
           deferredFrom = i
-          queueStart = performance.now()
+          queueStart = cpuUs()
         }
       }
     }
     cost.sources = i
-    let queueMs = 0
+    let queued = 0
     if (deferredFrom !== -1) {
-      queueMs = performance.now() - queueStart
+      queued = cpuUs() - queueStart
       const deferred = i - deferredFrom
-      if (deferred >= CHECK_EVERY) cost.queueUs += (queueMs * 1000 / deferred - cost.queueUs) / 2
+      if (deferred >= CHECK_EVERY) cost.queueUs += (queued / deferred - cost.queueUs) / 2
     }
-    if (written >= CHECK_EVERY) process.nextTick(learn, cost, start, written, queueMs)
+    if (written >= CHECK_EVERY) process.nextTick(learn, cost, startCpu, written, queued)
     return n
   }
 
@@ -131,6 +142,7 @@ export class WriteScheduler {
     }
     this.#scheduled = false
     const start = performance.now()
+    const startCpu = cpuUs()
     const deadline = start + this.slice
     const budget = this.#budget(this.#flushCost.us)
     const pending = this.#pending
@@ -151,7 +163,7 @@ export class WriteScheduler {
     }
     // Sources deferred during this flush were pushed onto the same array, behind the rest.
     this.#pending = next === pending.length ? [] : pending.slice(next)
-    if (written >= CHECK_EVERY) process.nextTick(learn, this.#flushCost, start, written)
+    if (written >= CHECK_EVERY) process.nextTick(learn, this.#flushCost, startCpu, written)
     if (this.#pending.length > 0 && !this.#scheduled) {
       this.#scheduled = true
       setImmediate(this.#flush)
