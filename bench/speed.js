@@ -48,12 +48,12 @@ if (before !== undefined) {
   CONTENDERS.splice(3, 0, { id: 'before', file: 'plugin.js', env: { VARIANT: 'broadcast', PLUGIN_DIST: path.resolve(before, 'index.js') }, label: 'before the change, broadcast()' })
 }
 // --builds=a,b: builds of the plugin copied to dist/builds/<name>, each a contender (one change at a time)
-// (name+chunked: that build with chunked: true)
+// (name+chunked: that build with chunked: true; name+features: with topics and a diagnostics subscriber)
 // --build-labels=id:text;id:text names them in the tables.
 const labels = Object.fromEntries((value('build-labels') ?? '').split(';').filter(Boolean).map(l => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1)]))
 for (const id of value('builds')?.split(',') ?? []) {
-  const [name, chunked] = id.split('+')
-  const env = { VARIANT: 'broadcast', PLUGIN_DIST: path.join(__dirname, '..', 'dist', 'builds', name, 'index.js'), ...(chunked ? { CHUNKED: '1' } : {}) }
+  const [name, ...extras] = id.split('+')
+  const env = { VARIANT: extras.includes('features') ? 'features' : 'broadcast', PLUGIN_DIST: path.join(__dirname, '..', 'dist', 'builds', name, 'index.js'), ...(extras.includes('chunked') ? { CHUNKED: '1' } : {}) }
   CONTENDERS.push({ id, file: 'plugin.js', env, label: labels[id] ?? `build ${id}, broadcast()`, build: true, ping: has('ping-builds') })
 }
 const only = value('only')?.split(',')
