@@ -496,7 +496,10 @@ export class EventSource implements HttpRequestEventSource {
    * cork again, and the scheduler uncorks every socket of the tick at once.
    */
   #write (chunk: Buffer): boolean {
-    if (this.#direct) return this.#out.write(chunk)
+    const out = this.#out
+    // Only a write that cannot fill the socket goes around the response: one that may ask for drain goes through it,
+    // so that the response knows, as `writableNeedDrain` and its `drain` event tell anyone who watches it.
+    if (this.#direct && out.writableLength + chunk.length < out.writableHighWaterMark) return out.write(chunk)
     const res = this.#res
     if (this.#h2) return res.write(chunk)
     const socket = res.socket
