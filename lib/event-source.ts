@@ -91,6 +91,8 @@ export class EventSource implements HttpRequestEventSource {
   #h2: boolean
   /** #out is the socket: frames go to it directly. */
   #direct = false
+  /** The scheduler's tick of the last direct write: a second write in one tick is held for the tick's end. */
+  #tick = 0
   /** A listener waits for the drain that a write asked for. */
   #drainArmed = false
   #active = true
@@ -499,7 +501,14 @@ export class EventSource implements HttpRequestEventSource {
     const out = this.#out
     // Only a write that cannot fill the socket goes around the response: one that may ask for drain goes through it,
     // so that the response knows, as `writableNeedDrain` and its `drain` event tell anyone who watches it.
-    if (this.#direct && out.writableLength + chunk.length < out.writableHighWaterMark) return out.write(chunk)
+    if (this.#direct && out.writableLength + chunk.length < out.writableHighWaterMark) {
+      // The first write of a tick goes out at once; the socket is then corked, so that several events of one tick
+      // (ten broadcasts in a row) leave in one write at the tick's end, as they would through the response.
+      const tick = this.#ctx.scheduler.tick()
+      if (this.#tick === tick && out.writableCorked === 0) this.#ctx.scheduler.cork(out as Socket)
+      this.#tick = tick
+      return out.write(chunk)
+    }
     const res = this.#res
     if (this.#h2) return res.write(chunk)
     const socket = res.socket

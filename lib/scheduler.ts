@@ -60,6 +60,9 @@ export class WriteScheduler {
   #yieldFirst = false
   // Sockets corked by writes of this tick, uncorked together by one tick instead of one per response.
   #corked: Socket[] = []
+  // Counts ticks that wrote: a source compares it with its last write's to tell a second write in the same tick.
+  #tick = 1
+  #ticking = false
 
   constructor (slice: number, drainTimeout: number) {
     this.slice = slice
@@ -118,6 +121,20 @@ export class WriteScheduler {
   cork (socket: Socket): void {
     socket.cork()
     if (this.#corked.push(socket) === 1) process.nextTick(this.#uncork)
+  }
+
+  /** The number of this tick, among those that asked; it changes once the tick's queued callbacks have run. */
+  tick (): number {
+    if (!this.#ticking) {
+      this.#ticking = true
+      process.nextTick(this.#nextTick)
+    }
+    return this.#tick
+  }
+
+  #nextTick = (): void => {
+    this.#tick++
+    this.#ticking = false
   }
 
   #uncork = (): void => {
