@@ -1,5 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
+import { ServerResponse, type OutgoingHttpHeaders } from 'node:http'
 import type { Socket } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import type { Writable } from 'node:stream'
@@ -514,8 +514,10 @@ export class EventSource implements HttpRequestEventSource {
     const socket = res.socket
     if (socket !== null && socket.writableCorked === 0) this.#ctx.scheduler.cork(socket)
     const ok = res.write(chunk)
-    // The head went out with this write: the response is the socket's now, and its body runs to the close.
-    if (!this.#ctx.settings.chunked && socket !== null && (socket as Socket & { _httpMessage?: unknown })._httpMessage === res && socket.writable) {
+    // The head went out with this write: the response is the socket's now, and its body runs to the close. Not
+    // when something replaced the response's write (inject()'s response, a wrapper): it must see every frame.
+    if (!this.#ctx.settings.chunked && socket !== null && res.write === ServerResponse.prototype.write &&
+      (socket as Socket & { _httpMessage?: unknown })._httpMessage === res && socket.writable) {
       this.#out = socket
       this.#direct = true
     }
