@@ -47,6 +47,8 @@ const PACK = 8
  */
 const SOFT_LIMIT = 4096
 type TaggedResponse = ServerResponse & { [kSource]?: EventSource }
+// Node's own write, to tell a response whose write something replaced (inject(), a wrapper).
+const nodeWrite = ServerResponse.prototype.write
 
 function onResponseClose (this: TaggedResponse): void {
   this[kSource]?._gone('client')
@@ -500,8 +502,9 @@ export class EventSource implements HttpRequestEventSource {
   #write (chunk: Buffer): boolean {
     const out = this.#out
     // Only a write that cannot fill the socket goes around the response: one that may ask for drain goes through it,
-    // so that the response knows, as `writableNeedDrain` and its `drain` event tell anyone who watches it.
-    if (this.#direct && out.writableLength + chunk.length < out.writableHighWaterMark) {
+    // so that the response knows, as `writableNeedDrain` and its `drain` event tell anyone who watches it. And only
+    // while the response's write is Node's own: a wrapper put on it later must see every frame.
+    if (this.#direct && out.writableLength + chunk.length < out.writableHighWaterMark && this.#res.write === nodeWrite) {
       // The first write of a tick goes out at once; the socket is then corked, so that several events of one tick
       // (ten broadcasts in a row) leave in one write at the tick's end, as they would through the response.
       const tick = this.#ctx.scheduler.tick()
@@ -516,7 +519,7 @@ export class EventSource implements HttpRequestEventSource {
     const ok = res.write(chunk)
     // The head went out with this write: the response is the socket's now, and its body runs to the close. Not
     // when something replaced the response's write (inject()'s response, a wrapper): it must see every frame.
-    if (!this.#ctx.settings.chunked && socket !== null && res.write === ServerResponse.prototype.write &&
+    if (!this.#ctx.settings.chunked && socket !== null && res.write === nodeWrite &&
       (socket as Socket & { _httpMessage?: unknown })._httpMessage === res && socket.writable) {
       this.#out = socket
       this.#direct = true
