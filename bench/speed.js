@@ -5,7 +5,7 @@
 //
 //   node bench/speed.js                      N = 2,000 and 10,000, three passes
 //   options: --n=2000  --runs=5  --only=plain,plugin  --before=<dist dir of another build>  --label=name
-//            --builds=a,b (builds copied to dist/builds/<name>)
+//            --builds=a,b (builds copied to dist/builds/<name>; --ping-builds: their ping rounds too)
 //            --quick (fewer rounds, shorter sustained runs: for direction only)  --cpu (broadcasts only)
 //            --write (keep the tables in bench/results/speed.md and BENCHMARKS.md)  --from=<results file> (no run)
 //
@@ -34,6 +34,7 @@ else plan.sustainedNs = []
 const CONTENDERS = [
   { id: 'plain', file: 'plain-node.js', label: 'node:http, chunked res.write loop (the reference)' },
   { id: 'plain-close', file: 'plain-node.js', env: { FRAMING: 'close' }, label: 'node:http, close-delimited res.write loop' },
+  { id: 'plain-direct', file: 'plain-node.js', env: { FRAMING: 'direct' }, label: 'node:http, close-delimited, socket.write loop (no cork)', optional: true },
   { id: 'plugin', file: 'plugin.js', env: { VARIANT: 'broadcast' }, label: 'fastify-event-sources, broadcast()', ping: true },
   { id: 'plugin-chunked', file: 'plugin.js', env: { VARIANT: 'broadcast', CHUNKED: '1' }, label: 'fastify-event-sources, broadcast(), chunked: true', optional: true },
   { id: 'plugin-publish', file: 'plugin.js', env: { VARIANT: 'publish' }, label: 'fastify-event-sources, publish()' },
@@ -47,13 +48,13 @@ if (before !== undefined) {
   CONTENDERS.splice(3, 0, { id: 'before', file: 'plugin.js', env: { VARIANT: 'broadcast', PLUGIN_DIST: path.resolve(before, 'index.js') }, label: 'before the change, broadcast()' })
 }
 // --builds=a,b: builds of the plugin copied to dist/builds/<name>, each a contender (one change at a time)
-// (name+chunked: that build with chunked: true)
+// (name+chunked: that build with chunked: true; name+features: with topics and a diagnostics subscriber)
 // --build-labels=id:text;id:text names them in the tables.
 const labels = Object.fromEntries((value('build-labels') ?? '').split(';').filter(Boolean).map(l => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1)]))
 for (const id of value('builds')?.split(',') ?? []) {
-  const [name, chunked] = id.split('+')
-  const env = { VARIANT: 'broadcast', PLUGIN_DIST: path.join(__dirname, '..', 'dist', 'builds', name, 'index.js'), ...(chunked ? { CHUNKED: '1' } : {}) }
-  CONTENDERS.push({ id, file: 'plugin.js', env, label: labels[id] ?? `build ${id}, broadcast()`, build: true })
+  const [name, ...extras] = id.split('+')
+  const env = { VARIANT: extras.includes('features') ? 'features' : 'broadcast', PLUGIN_DIST: path.join(__dirname, '..', 'dist', 'builds', name, 'index.js'), ...(extras.includes('chunked') ? { CHUNKED: '1' } : {}) }
+  CONTENDERS.push({ id, file: 'plugin.js', env, label: labels[id] ?? `build ${id}, broadcast()`, build: true, ping: has('ping-builds') })
 }
 const only = value('only')?.split(',')
 const contenders = only ? CONTENDERS.filter(c => only.includes(c.id)) : CONTENDERS.filter(c => !c.optional && !(c.features && has('no-features')))

@@ -1,5 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
+import { ServerResponse, type OutgoingHttpHeaders } from 'node:http'
+import type { Socket } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import type { Writable } from 'node:stream'
 import { FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD, FST_ERR_SSE_INVALID_HEADER } from './errors'
@@ -46,13 +47,11 @@ const PACK = 8
  */
 const SOFT_LIMIT = 4096
 type TaggedResponse = ServerResponse & { [kSource]?: EventSource }
+// Node's own write, to tell a response whose write something replaced (inject(), a wrapper).
+const nodeWrite = ServerResponse.prototype.write
 
 function onResponseClose (this: TaggedResponse): void {
   this[kSource]?._gone('client')
-}
-
-function onResponseDrain (this: TaggedResponse): void {
-  this[kSource]?._drained()
 }
 
 /**
@@ -86,9 +85,18 @@ export class EventSource implements HttpRequestEventSource {
 
   #ctx: SourceContext
   #res: TaggedResponse
-  /** The HTTP/1 response, or the HTTP/2 stream: Http2ServerResponse has no `destroyed` nor `writableNeedDrain`. */
+  /**
+   * The HTTP/1 response, or the HTTP/2 stream: Http2ServerResponse has no `destroyed` nor `writableNeedDrain`.
+   * Once a close-delimited head is out, the socket itself: see #write.
+   */
   #out: Writable
   #h2: boolean
+  /** #out is the socket: frames go to it directly. */
+  #direct = false
+  /** The scheduler's tick of the last direct write: a second write in one tick is held for the tick's end. */
+  #tick = 0
+  /** A listener waits for the drain that a write asked for. */
+  #drainArmed = false
   #active = true
   /** frames queued since the queue was last packed */
   #loose = 0
@@ -120,7 +128,6 @@ export class EventSource implements HttpRequestEventSource {
     this.#out = this.#h2 ? (res as unknown as { stream: Writable }).stream : res
     res[kSource] = this
     res.on('close', onResponseClose)
-    res.on('drain', onResponseDrain)
     // A response error is a dead client; the listener also keeps it from being thrown.
     res.on('error', onResponseClose)
   }
@@ -281,8 +288,7 @@ export class EventSource implements HttpRequestEventSource {
     if (position !== undefined) this._position = position
     this.sentContentLength += frame.length
     this.#ctx.metrics.accepted(kind, frame.length)
-    if (!this.#h2) this.#cork()
-    if (!this.#res.write(frame)) this.#ctx.scheduler.watchDrain(this)
+    if (!this.#write(frame)) this.#awaitDrain()
     return true
   }
 
@@ -327,9 +333,8 @@ export class EventSource implements HttpRequestEventSource {
     const chunk = queue.length === 1 ? queue[0] : joinFrames(queue, bytes)
     this.sentContentLength += chunk.length
     this.#ctx.metrics.bytes += chunk.length
-    if (!this.#h2) this.#cork()
-    if (this.#res.write(chunk)) this.#settleDrainWaiters(true)
-    else this.#ctx.scheduler.watchDrain(this)
+    if (this.#write(chunk)) this.#settleDrainWaiters(true)
+    else this.#awaitDrain()
   }
 
   /**
@@ -388,7 +393,7 @@ export class EventSource implements HttpRequestEventSource {
       this.sentContentLength += chunk.length
       this.#replayEnd = this.sentContentLength
       this.#ctx.metrics.bytes += chunk.length
-      if (!this.#res.write(chunk)) this.#ctx.scheduler.watchDrain(this)
+      if (!this.#write(chunk)) this.#awaitDrain()
     }
     // A waiter for room (sendAsync, stream()) that queued behind live copies the replay covered has no flush to wake it.
     if (this._queue !== null) this.#ctx.scheduler.defer(this)
@@ -488,11 +493,50 @@ export class EventSource implements HttpRequestEventSource {
     return this._position === undefined || follows(position, this._position)
   }
 
-  // Node's http layer corks the socket on a write and queues a tick per response to uncork it; corked already, it
-  // does neither, and the scheduler uncorks every socket of the tick at once.
-  #cork (): void {
-    const socket = this.#res.socket
+  /**
+   * A close-delimited HTTP/1 body is the socket's bytes as they are, so once the head is out frames go to the
+   * socket itself: no framing to add, and no cork. Through the response, Node corks the socket on a write and
+   * uncorks it a tick later, so every write pays for buffering on top of the write; corked already, it does not
+   * cork again, and the scheduler uncorks every socket of the tick at once.
+   */
+  #write (chunk: Buffer): boolean {
+    const out = this.#out
+    // Only a write that cannot fill the socket goes around the response: one that may ask for drain goes through it,
+    // so that the response knows, as `writableNeedDrain` and its `drain` event tell anyone who watches it. And only
+    // while the response's write is Node's own: a wrapper put on it later must see every frame.
+    if (this.#direct && out.writableLength + chunk.length < out.writableHighWaterMark && this.#res.write === nodeWrite) {
+      // The first write of a tick goes out at once; the socket is then corked, so that several events of one tick
+      // (ten broadcasts in a row) leave in one write at the tick's end, as they would through the response.
+      const tick = this.#ctx.scheduler.tick()
+      if (this.#tick === tick && out.writableCorked === 0) this.#ctx.scheduler.cork(out as Socket)
+      this.#tick = tick
+      return out.write(chunk)
+    }
+    const res = this.#res
+    if (this.#h2) return res.write(chunk)
+    const socket = res.socket
     if (socket !== null && socket.writableCorked === 0) this.#ctx.scheduler.cork(socket)
+    const ok = res.write(chunk)
+    // The head went out with this write: the response is the socket's now, and its body runs to the close. Not
+    // when something replaced the response's write (inject()'s response, a wrapper): it must see every frame.
+    if (!this.#ctx.settings.chunked && socket !== null && res.write === nodeWrite &&
+      (socket as Socket & { _httpMessage?: unknown })._httpMessage === res && socket.writable) {
+      this.#out = socket
+      this.#direct = true
+    }
+    return ok
+  }
+
+  /** A write asked for drain: listen for it on what was written to (the socket says so itself, the response only of its own writes). */
+  #awaitDrain (): void {
+    if (!this.#drainArmed) {
+      this.#drainArmed = true
+      ;(this.#direct ? this.#out : this.#res).once('drain', () => {
+        this.#drainArmed = false
+        this._drained()
+      })
+    }
+    this.#ctx.scheduler.watchDrain(this)
   }
 
   #fits (bytes: number, kind: WriteKind, sliced = false, held = this.#out.writableLength): boolean {

@@ -1,7 +1,7 @@
 import type { EventSource } from './event-source'
 import { FST_ERR_SSE_INVALID_OPTION } from './errors'
 import { commentFrame } from './frame'
-import type { WriteScheduler } from './scheduler'
+import { fanOutCost, type WriteScheduler } from './scheduler'
 
 interface PingGroup {
   frame: Buffer
@@ -27,7 +27,9 @@ export class PingScheduler {
     if (group === undefined) {
       const members = new Set<EventSource>()
       const frame = commentFrame(dataMessage)
-      const timer = setInterval(() => this.#writer.fanOut(members, frame, 'ping'), interval).unref()
+      // Its own measures: a ping round's size and cost need not be a broadcast's.
+      const cost = fanOutCost()
+      const timer = setInterval(() => this.#writer.fanOut(members, frame, 'ping', cost), interval).unref()
       group = { frame, members, timer }
       this.#groups.set(key, group)
     }

@@ -5,10 +5,37 @@ import type { EventSource, WriteKind } from './event-source'
 const CHECK_EVERY = 64
 /** µs per write assumed before any has been measured: twice a warm loopback write, since the first run is cold. */
 const FIRST_GUESS_US = 40
+/** µs to queue a frame for a deferred source, assumed before it has been measured. */
+const FIRST_GUESS_QUEUE_US = 2
 
-// Queued behind the response ticks of the writes just made (the nextTick queue is FIFO), so the time includes them.
-function learn (cost: { us: number }, start: number, writes: number): void {
-  cost.us += ((performance.now() - start) * 1000 / writes - cost.us) / 2
+/**
+ * What one path of fan-outs (broadcasts, or one ping group) has measured: µs per write, µs per source deferred
+ * once the slice is used up, and how many sources its last fan-out went to (the next one's size, most likely).
+ */
+export interface FanOutCost {
+  us: number
+  queueUs: number
+  sources: number
+}
+
+export function fanOutCost (): FanOutCost {
+  return { us: FIRST_GUESS_US, queueUs: FIRST_GUESS_QUEUE_US, sources: 0 }
+}
+
+/**
+ * The process's CPU time in µs. Costs are learned in CPU time: on a busy machine the clock also counts the time
+ * other processes held the core, which made one slow turn shrink the next slices to a fraction of their size (and
+ * queue most of a fan-out, which costs more in all). The clock still bounds every slice.
+ */
+function cpuUs (): number {
+  const { user, system } = process.cpuUsage()
+  return user + system
+}
+
+// Queued behind the response ticks of the writes just made (the nextTick queue is FIFO), so the time includes them;
+// minus the time spent queueing frames for the sources deferred after them.
+function learn (cost: { us: number }, startCpu: number, writes: number, queueUs = 0): void {
+  cost.us += ((cpuUs() - startCpu - queueUs) / writes - cost.us) / 2
 }
 
 /**
@@ -26,13 +53,16 @@ export class WriteScheduler {
   #sweeper: NodeJS.Timeout | undefined
   // Node's http layer corks a response on write and hands it to the socket at process.nextTick, so most of a
   // write's cost lands after the loop that made it: slices are sized by the measured cost, not only the clock.
-  #fanOutCost = { us: FIRST_GUESS_US }
+  #fanOutCost = fanOutCost()
   #flushCost = { us: FIRST_GUESS_US }
   // A fan-out that ran out of slice may have run in the poll phase; the check phase follows it at once, so the
   // first flush waits one more turn, letting the loop poll (answer other requests) between the two slices.
   #yieldFirst = false
   // Sockets corked by writes of this tick, uncorked together by one tick instead of one per response.
   #corked: Socket[] = []
+  // Counts ticks that wrote: a source compares it with its last write's to tell a second write in the same tick.
+  #tick = 1
+  #ticking = false
 
   constructor (slice: number, drainTimeout: number) {
     this.slice = slice
@@ -42,28 +72,48 @@ export class WriteScheduler {
   /**
    * Writes one frame to every source. Once the slice is used up, the rest get the frame queued (cheap) and are
    * flushed on later ticks, so one large fan-out never blocks the loop for long and each source keeps its order.
+   * Queueing the rest is slice work too: the writes stop early enough to leave room for it, as measured on the
+   * same path (`cost`: one per ping group, one for everything else).
    */
-  fanOut (sources: Iterable<EventSource>, frame: Buffer, kind: WriteKind): number {
+  fanOut (sources: Iterable<EventSource>, frame: Buffer, kind: WriteKind, cost: FanOutCost = this.#fanOutCost): number {
     const start = performance.now()
-    const deadline = start + this.slice
-    const budget = this.#budget(this.#fanOutCost.us)
+    const startCpu = cpuUs()
+    // In µs: all of the slice on the clock, nine tenths of it by the measured costs.
+    const slice = this.slice * 1000
+    const planned = this.slice * 900
+    const { us, queueUs, sources: expected } = cost
     let n = 0
     let i = 0
     // Only writes that reached the socket count against the budget and teach the cost: a source with a queue
     // (or every source, in batch mode) just had the frame queued, which costs next to nothing.
     let written = 0
-    let deferring = false
+    let deferredFrom = -1
+    let queueStart = 0
     for (const source of sources) {
-      if (deferring) {
+      if (deferredFrom !== -1) {
         if (source._enqueue(frame, kind, true)) n++
         this.#yieldFirst = true
+        i++
         continue
       }
       if (source._write(frame, kind)) n++
       if (source._queue === null) written++
-      if (++i % CHECK_EVERY === 0 && (written >= budget || performance.now() >= deadline)) deferring = true
+      if (++i % CHECK_EVERY === 0) {
+        const rest = expected > i ? (expected - i) * queueUs : 0
+        if (written * us + rest >= planned || (performance.now() - start) * 1000 + rest >= slice) {
+          deferredFrom = i
+          queueStart = cpuUs()
+        }
+      }
     }
-    if (written >= CHECK_EVERY) process.nextTick(learn, this.#fanOutCost, start, written)
+    cost.sources = i
+    let queued = 0
+    if (deferredFrom !== -1) {
+      queued = cpuUs() - queueStart
+      const deferred = i - deferredFrom
+      if (deferred >= CHECK_EVERY) cost.queueUs += (queued / deferred - cost.queueUs) / 2
+    }
+    if (written >= CHECK_EVERY) process.nextTick(learn, cost, startCpu, written, queued)
     return n
   }
 
@@ -71,6 +121,20 @@ export class WriteScheduler {
   cork (socket: Socket): void {
     socket.cork()
     if (this.#corked.push(socket) === 1) process.nextTick(this.#uncork)
+  }
+
+  /** The number of this tick, among those that asked; it changes once the tick's queued callbacks have run. */
+  tick (): number {
+    if (!this.#ticking) {
+      this.#ticking = true
+      process.nextTick(this.#nextTick)
+    }
+    return this.#tick
+  }
+
+  #nextTick = (): void => {
+    this.#tick++
+    this.#ticking = false
   }
 
   #uncork = (): void => {
@@ -95,6 +159,7 @@ export class WriteScheduler {
     }
     this.#scheduled = false
     const start = performance.now()
+    const startCpu = cpuUs()
     const deadline = start + this.slice
     const budget = this.#budget(this.#flushCost.us)
     const pending = this.#pending
@@ -115,7 +180,7 @@ export class WriteScheduler {
     }
     // Sources deferred during this flush were pushed onto the same array, behind the rest.
     this.#pending = next === pending.length ? [] : pending.slice(next)
-    if (written >= CHECK_EVERY) process.nextTick(learn, this.#flushCost, start, written)
+    if (written >= CHECK_EVERY) process.nextTick(learn, this.#flushCost, startCpu, written)
     if (this.#pending.length > 0 && !this.#scheduled) {
       this.#scheduled = true
       setImmediate(this.#flush)

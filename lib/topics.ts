@@ -28,10 +28,11 @@ export function checkTopic (topic: unknown, field = 'topic'): string {
 /**
  * Who follows what on this instance: topic → sources and source → topics, kept in step. An entry that empties
  * is deleted at once, so the index holds only topics someone follows and sources that follow something.
+ * A source that follows one topic (most do) keeps it as a string: a Set of one costs about 150 bytes per stream.
  */
 export class TopicIndex<S> {
   #byTopic = new Map<string, Set<S>>()
-  #bySource = new Map<S, Set<string>>()
+  #bySource = new Map<S, string | Set<string>>()
 
   get topicCount (): number {
     return this.#byTopic.size
@@ -44,8 +45,15 @@ export class TopicIndex<S> {
   add (source: S, topics: Iterable<string>): void {
     let mine = this.#bySource.get(source)
     for (const topic of topics) {
-      if (mine === undefined) this.#bySource.set(source, (mine = new Set()))
-      mine.add(topic)
+      if (mine === undefined) {
+        this.#bySource.set(source, (mine = topic))
+      } else if (typeof mine === 'string') {
+        if (mine === topic) continue
+        this.#bySource.set(source, (mine = new Set([mine, topic])))
+      } else {
+        if (mine.has(topic)) continue
+        mine.add(topic)
+      }
       const followers = this.#byTopic.get(topic)
       if (followers === undefined) this.#byTopic.set(topic, new Set([source]))
       else followers.add(source)
@@ -53,20 +61,30 @@ export class TopicIndex<S> {
   }
 
   remove (source: S, topics: Iterable<string>): void {
-    const mine = this.#bySource.get(source)
-    if (mine === undefined) return
+    let mine = this.#bySource.get(source)
     for (const topic of topics) {
-      if (!mine.delete(topic)) continue
+      if (mine === undefined) return
+      if (typeof mine === 'string') {
+        if (mine !== topic) continue
+        this.#bySource.delete(source)
+        mine = undefined
+      } else {
+        if (!mine.delete(topic)) continue
+        if (mine.size === 0) {
+          this.#bySource.delete(source)
+          mine = undefined
+        }
+      }
       this.#leave(source, topic)
     }
-    if (mine.size === 0) this.#bySource.delete(source)
   }
 
   removeAll (source: S): void {
     const mine = this.#bySource.get(source)
     if (mine === undefined) return
     this.#bySource.delete(source)
-    for (const topic of mine) this.#leave(source, topic)
+    if (typeof mine === 'string') this.#leave(source, mine)
+    else for (const topic of mine) this.#leave(source, topic)
   }
 
   /** The live set of a topic's followers (do not keep it: it is dropped once empty). */
@@ -74,8 +92,10 @@ export class TopicIndex<S> {
     return this.#byTopic.get(topic)
   }
 
+  /** What `source` follows now (a copy when it follows one topic). */
   topicsOf (source: S): ReadonlySet<string> {
-    return this.#bySource.get(source) ?? EMPTY
+    const mine = this.#bySource.get(source)
+    return mine === undefined ? EMPTY : typeof mine === 'string' ? new Set([mine]) : mine
   }
 
   /** Every source following at least one of `topics`, each once. */

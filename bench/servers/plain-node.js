@@ -10,7 +10,8 @@ const control = createControl({
   responses: () => clients,
   broadcast (event) {
     const frame = Buffer.from('data: ' + JSON.stringify(event) + '\n\n')
-    for (const res of clients) res.write(frame)
+    if (direct) for (const res of clients) res.socket.write(frame)
+    else for (const res of clients) res.write(frame)
   }
 })
 
@@ -22,7 +23,9 @@ if (PING_MS > 0) {
 }
 
 // FRAMING=close: the body runs to the end of the connection, no chunk header per write.
-const close = process.env.FRAMING === 'close'
+// FRAMING=direct: close-delimited, and a broadcast writes to each socket itself, which Node does not cork.
+const direct = process.env.FRAMING === 'direct'
+const close = process.env.FRAMING === 'close' || direct
 
 const server = http.createServer((req, res) => {
   if (req.url === '/sse') {
