@@ -1,19 +1,19 @@
 import { randomUUID } from 'node:crypto'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
-import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_INVALID_OPTION, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
+import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
 import { encode } from '../history/redis-streams'
 import {
   ABORT, APPEND, RedisClusterHistory, SEQUENCE, WATERMARK_COUNT, clusterKeys, compareIds, completeBelow, decodePayload, padded, slotOf,
   type ClusterEntry, type ClusterKeys, type Watermark
 } from '../history/redis-cluster-streams'
 import { isAfter } from '../position'
-import { isTarget, topicsOf } from '../target'
-import { checkTopics } from '../topics'
+import { topicsOf } from '../target'
 import type { AdapterHost, AdapterPublishOptions, ControlMessage, CountTarget, EventSourceAdapter, PresenceListener, PublishedMessage, ReplayResult } from './adapter'
 import { PRESENCE_DEFAULTS, RedisPresence, type PresenceSettings } from './redis-presence'
 import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
 import type { RedisClusterAdapterOptions } from '../../types/redis'
+import { applyClaims, applyControl, bounded, claimPayload, controlPayload, fail, positive, ready, sleep } from './coordination'
 
 /** Claims per announcement message when re-announcing every source after a reconnect. */
 const CLAIMS_PER_MESSAGE = 500
@@ -21,20 +21,6 @@ const CLAIMS_PER_MESSAGE = 500
 const FAILOVER_WAIT = 5000
 /** A topic nobody here follows any more keeps its subscription this long (ms), in case a follower comes back. */
 const LINGER = 2000
-
-function fail (name: string, why: string): never {
-  throw new FST_ERR_SSE_INVALID_OPTION(name, why)
-}
-
-function positive (name: string, value: unknown, fallback: number): number {
-  if (value === undefined) return fallback
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) fail(name, `must be an integer >= 1, got ${String(value)}`)
-  return value
-}
-
-function sleep (ms: number): Promise<void> {
-  return new Promise(resolve => setTimeout(resolve, ms).unref())
-}
 
 /** A channel this instance listens to, and the stream that holds what it carries. */
 interface Channel {
@@ -331,7 +317,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     if (client === undefined || this.#closed) throw new FST_ERR_SSE_PUBLISH_FAILED(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
     if (client.status !== 'ready') throw new FST_ERR_SSE_PUBLISH_FAILED(`the Redis Cluster is not connected (${client.status}); the change applied to this instance only`)
     try {
-      await this.#bounded(client.spublish(this.controlChannel, JSON.stringify([this.#instance, message.op, message.to, message.topics])))
+      await this.#bounded(client.spublish(this.controlChannel, controlPayload(this.#instance, message)))
     } catch (err) {
       throw new FST_ERR_SSE_PUBLISH_FAILED(`${(err as Error).message}; the change applied to this instance only`, { cause: err })
     }
@@ -724,8 +710,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
       this.#unannounced = true
       return
     }
-    const payload = claims.length === 1 ? [this.#instance, claims[0][0], claims[0][1]] : [this.#instance, claims]
-    client.spublish(this.claimChannel, JSON.stringify(payload)).catch((err: Error) => {
+    client.spublish(this.claimChannel, claimPayload(this.#instance, claims)).catch((err: Error) => {
       this.#unannounced = true
       this.#host?.log.debug({ err }, 'fastify-event-sources: could not announce identifiers to other instances')
     })
@@ -739,70 +724,22 @@ class RedisClusterAdapter implements EventSourceAdapter {
 
   #onControl (payload: string): void {
     const host = this.#host as AdapterHost
-    let message: ControlMessage
-    try {
-      const [instance, op, to, topics] = JSON.parse(payload) as [unknown, unknown, unknown, unknown]
-      if (instance === this.#instance) return
-      if ((op !== 'subscribe' && op !== 'unsubscribe') || to === undefined || !isTarget(to)) throw new TypeError('not a control message')
-      message = { op, to, topics: checkTopics(topics) }
-    } catch (err) {
-      host.log.warn({ err, channel: this.controlChannel }, 'fastify-event-sources: ignored a malformed control message from Redis')
-      return
-    }
-    host.control(message)
+    applyControl(host, this.#instance, payload, this.controlChannel)
   }
 
   #onClaim (payload: string): void {
     const host = this.#host as AdapterHost
-    let claim: unknown
-    try {
-      claim = JSON.parse(payload)
-    } catch {
-      return
-    }
-    if (!Array.isArray(claim) || claim[0] === this.#instance) return
-    const claims = Array.isArray(claim[1]) ? claim[1] as unknown[] : [[claim[1], claim[2]]]
-    const newer: [string, number][] = []
-    for (const one of claims) {
-      if (!Array.isArray(one) || typeof one[0] !== 'string' || typeof one[1] !== 'number') continue
-      const [identifier, openedAt] = one as [string, number]
-      const mine = host.openedAt(identifier)
-      if (mine === undefined) continue
-      if (mine < openedAt) host.closeOlder(identifier, openedAt)
-      else if (mine > openedAt) newer.push([identifier, mine])
-    }
+    const newer = applyClaims(host, this.#instance, payload)
     if (newer.length > 0) this.#announce(newer)
   }
 
-  async #ready (connection: Redis | Cluster): Promise<void> {
-    if (connection.status === 'ready') return
-    await new Promise<void>((resolve, reject) => {
-      const done = (err?: Error): void => {
-        clearTimeout(timer)
-        connection.off('ready', onReady)
-        connection.off('end', onEnd)
-        if (err === undefined) resolve()
-        else reject(err)
-      }
-      const onReady = (): void => done()
-      const onEnd = (): void => done(new Error('the connection ended'))
-      const timer = setTimeout(done, this.#connectTimeout, new Error(`no connection within ${this.#connectTimeout} ms`))
-      connection.once('ready', onReady)
-      connection.once('end', onEnd)
-    })
+  /** A user's client may queue commands while Redis is away: never wait longer than publishTimeout. */
+  async #bounded<T> (operation: Promise<T>): Promise<T> {
+    return bounded(operation, this.#timeout)
   }
 
-  async #bounded<T> (operation: Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined
-    const expired = new Promise<never>((resolve, reject) => {
-      timer = setTimeout(reject, this.#timeout, new Error(`Redis did not answer within ${this.#timeout} ms`))
-      timer.unref()
-    })
-    try {
-      return await Promise.race([operation, expired])
-    } finally {
-      clearTimeout(timer)
-    }
+  async #ready (connection: Redis | Cluster): Promise<void> {
+    return ready(connection, this.#connectTimeout)
   }
 }
 

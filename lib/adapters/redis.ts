@@ -1,10 +1,8 @@
 import { randomUUID } from 'node:crypto'
 import { Cluster, Redis, type RedisOptions } from 'ioredis'
-import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_INVALID_OPTION, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
+import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
 import { APPEND_AND_PUBLISH, PAGE, RedisStreamsHistory, appendArguments, decode, decodeEntries, encode, streamKeys, type StreamKeys } from '../history/redis-streams'
 import { isAfter } from '../position'
-import { isTarget } from '../target'
-import { checkTopics } from '../topics'
 import type { AdapterHost, AdapterPublishOptions, ControlMessage, CountTarget, EventSourceAdapter, PresenceListener, PublishedMessage, ReplayResult } from './adapter'
 import { PRESENCE_DEFAULTS, RedisPresence, type PresenceSettings } from './redis-presence'
 import { Routes, type RouteNames } from './routes'
@@ -12,6 +10,7 @@ import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
 import { RedisClusterAdapter } from './redis-cluster'
 import type { RedisAdapterOptions, RedisClusterAdapterOptions } from '../../types/redis'
+import { applyClaims, applyControl, bounded, claimPayload, controlPayload, fail, positive, ready, sleep } from './coordination'
 
 // Fail fast instead of queueing while Redis is away: a queued publish would hang, then arrive late and out of order.
 const OWN_CONNECTION: RedisOptions = {
@@ -45,22 +44,8 @@ const ROUTE_BATCH = 5
 /** How old the estimate of Redis's clock may get before it is measured again (when a new route needs it). */
 const CLOCK_AGE = 10_000
 
-function fail (name: string, why: string): never {
-  throw new FST_ERR_SSE_INVALID_OPTION(name, why)
-}
-
-function positive (name: string, value: unknown, fallback: number): number {
-  if (value === undefined) return fallback
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) fail(name, `must be an integer >= 1, got ${String(value)}`)
-  return value
-}
-
 function unbounded (name: string, value: unknown, fallback: number): number {
   return value === Infinity ? 0 : positive(name, value, fallback)
-}
-
-function sleep (ms: number): Promise<void> {
-  return new Promise(resolve => setTimeout(resolve, ms).unref())
 }
 
 function addressOf (connection: Redis): string {
@@ -321,7 +306,7 @@ class RedisAdapter implements EventSourceAdapter {
     if (client === undefined || this.#closed) throw new FST_ERR_SSE_PUBLISH_FAILED(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
     if (client.status !== 'ready') throw new FST_ERR_SSE_PUBLISH_FAILED(`Redis is not connected (${client.status}); the change applied to this instance only`)
     try {
-      await this.#bounded(client.publish(this.controlChannel, JSON.stringify([this.#instance, message.op, message.to, message.topics])))
+      await this.#bounded(client.publish(this.controlChannel, controlPayload(this.#instance, message)))
     } catch (err) {
       throw new FST_ERR_SSE_PUBLISH_FAILED(`${(err as Error).message}; the change applied to this instance only`, { cause: err })
     }
@@ -686,8 +671,7 @@ class RedisAdapter implements EventSourceAdapter {
       this.#unannounced = true
       return
     }
-    const payload = claims.length === 1 ? [this.#instance, claims[0][0], claims[0][1]] : [this.#instance, claims]
-    client.publish(this.claimChannel, JSON.stringify(payload)).catch((err: Error) => {
+    client.publish(this.claimChannel, claimPayload(this.#instance, claims)).catch((err: Error) => {
       this.#unannounced = true
       this.#host?.log.debug({ err }, 'fastify-event-sources: could not announce identifiers to other instances')
     })
@@ -703,73 +687,24 @@ class RedisAdapter implements EventSourceAdapter {
   #onControl (payload: string): void {
     const host = this.#host
     if (host === undefined || this.#closed) return
-    let message: ControlMessage
-    try {
-      const [instance, op, to, topics] = JSON.parse(payload) as [unknown, unknown, unknown, unknown]
-      if (instance === this.#instance) return
-      if ((op !== 'subscribe' && op !== 'unsubscribe') || to === undefined || !isTarget(to)) throw new TypeError('not a control message')
-      message = { op, to, topics: checkTopics(topics) }
-    } catch (err) {
-      host.log.warn({ err, channel: this.controlChannel }, 'fastify-event-sources: ignored a malformed control message from Redis')
-      return
-    }
-    host.control(message)
+    applyControl(host, this.#instance, payload, this.controlChannel)
   }
 
   #onClaim (payload: string): void {
     const host = this.#host
     if (host === undefined || this.#closed) return
-    let claim: unknown
-    try {
-      claim = JSON.parse(payload)
-    } catch {
-      return
-    }
-    if (!Array.isArray(claim) || claim[0] === this.#instance) return
-    const claims = Array.isArray(claim[1]) ? claim[1] as unknown[] : [[claim[1], claim[2]]]
-    const newer: [string, number][] = []
-    for (const one of claims) {
-      if (!Array.isArray(one) || typeof one[0] !== 'string' || typeof one[1] !== 'number') continue
-      const [identifier, openedAt] = one as [string, number]
-      const mine = host.openedAt(identifier)
-      if (mine === undefined) continue
-      if (mine < openedAt) host.closeOlder(identifier, openedAt)
-      else if (mine > openedAt) newer.push([identifier, mine])
-    }
+    const newer = applyClaims(host, this.#instance, payload)
     // The other instance missed our claim (it was away): answer, so it closes its older source.
     if (newer.length > 0) this.#announce(newer)
   }
 
-  async #ready (connection: Redis): Promise<void> {
-    if (connection.status === 'ready') return
-    await new Promise<void>((resolve, reject) => {
-      const done = (err?: Error): void => {
-        clearTimeout(timer)
-        connection.off('ready', onReady)
-        connection.off('end', onEnd)
-        if (err === undefined) resolve()
-        else reject(err)
-      }
-      const onReady = (): void => done()
-      const onEnd = (): void => done(new Error('the connection ended'))
-      const timer = setTimeout(done, this.#connectTimeout, new Error(`no connection within ${this.#connectTimeout} ms`))
-      connection.once('ready', onReady)
-      connection.once('end', onEnd)
-    })
-  }
-
   /** A user's client may queue commands while Redis is away: never wait longer than publishTimeout. */
   async #bounded<T> (operation: Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined
-    const expired = new Promise<never>((resolve, reject) => {
-      timer = setTimeout(reject, this.#timeout, new Error(`Redis did not answer within ${this.#timeout} ms`))
-      timer.unref()
-    })
-    try {
-      return await Promise.race([operation, expired])
-    } finally {
-      clearTimeout(timer)
-    }
+    return bounded(operation, this.#timeout)
+  }
+
+  async #ready (connection: Redis | Cluster): Promise<void> {
+    return ready(connection, this.#connectTimeout)
   }
 }
 

@@ -1,0 +1,106 @@
+import type { Cluster, Redis } from 'ioredis'
+import { FST_ERR_SSE_INVALID_OPTION } from '../errors'
+import { isTarget } from '../target'
+import { checkTopics } from '../topics'
+import type { AdapterHost, ControlMessage } from './adapter'
+
+/**
+ * What the Redis adapters (one node and cluster) share: their options' checks, waiting on a connection, and the
+ * messages instances send each other (claims for newest-wins, subscribe and unsubscribe across instances).
+ */
+
+export function fail (name: string, why: string): never {
+  throw new FST_ERR_SSE_INVALID_OPTION(name, why)
+}
+
+export function positive (name: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) fail(name, `must be an integer >= 1, got ${String(value)}`)
+  return value
+}
+
+export function sleep (ms: number): Promise<void> {
+  return new Promise(resolve => setTimeout(resolve, ms).unref())
+}
+
+/** Resolves once the connection is ready; rejects after `ms`, or when it ends first. */
+export async function ready (connection: Redis | Cluster, ms: number): Promise<void> {
+  if (connection.status === 'ready') return
+  await new Promise<void>((resolve, reject) => {
+    const done = (err?: Error): void => {
+      clearTimeout(timer)
+      connection.off('ready', onReady)
+      connection.off('end', onEnd)
+      if (err === undefined) resolve()
+      else reject(err)
+    }
+    const onReady = (): void => done()
+    const onEnd = (): void => done(new Error('the connection ended'))
+    const timer = setTimeout(done, ms, new Error(`no connection within ${ms} ms`))
+    connection.once('ready', onReady)
+    connection.once('end', onEnd)
+  })
+}
+
+/** A user's client may queue commands while Redis is away: never wait longer than `ms`. */
+export async function bounded<T> (operation: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const expired = new Promise<never>((resolve, reject) => {
+    timer = setTimeout(reject, ms, new Error(`Redis did not answer within ${ms} ms`))
+    timer.unref()
+  })
+  try {
+    return await Promise.race([operation, expired])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** A claim message: one `[instance, identifier, openedAt]`, or several `[instance, [[identifier, openedAt], ...]]`. */
+export function claimPayload (instance: string, claims: [string, number][]): string {
+  return JSON.stringify(claims.length === 1 ? [instance, claims[0][0], claims[0][1]] : [instance, claims])
+}
+
+/**
+ * Applies another instance's claims here: an older source of a claimed identifier is closed. Returns the claims
+ * this instance holds newer sources for, to announce in answer (the other instance missed ours: it was away).
+ */
+export function applyClaims (host: AdapterHost, instance: string, payload: string): [string, number][] {
+  let claim: unknown
+  try {
+    claim = JSON.parse(payload)
+  } catch {
+    return []
+  }
+  if (!Array.isArray(claim) || claim[0] === instance) return []
+  const claims = Array.isArray(claim[1]) ? claim[1] as unknown[] : [[claim[1], claim[2]]]
+  const newer: [string, number][] = []
+  for (const one of claims) {
+    if (!Array.isArray(one) || typeof one[0] !== 'string' || typeof one[1] !== 'number') continue
+    const [identifier, openedAt] = one as [string, number]
+    const mine = host.openedAt(identifier)
+    if (mine === undefined) continue
+    if (mine < openedAt) host.closeOlder(identifier, openedAt)
+    else if (mine > openedAt) newer.push([identifier, mine])
+  }
+  return newer
+}
+
+export function controlPayload (instance: string, message: ControlMessage): string {
+  return JSON.stringify([instance, message.op, message.to, message.topics])
+}
+
+/** A subscribe or unsubscribe from another instance, checked as carefully as one made here, then applied. */
+export function applyControl (host: AdapterHost, instance: string, payload: string, channel: string): void {
+  let message: ControlMessage
+  try {
+    const [from, op, to, topics] = JSON.parse(payload) as [unknown, unknown, unknown, unknown]
+    if (from === instance) return
+    if ((op !== 'subscribe' && op !== 'unsubscribe') || to === undefined || !isTarget(to)) throw new TypeError('not a control message')
+    message = { op, to, topics: checkTopics(topics) }
+  } catch (err) {
+    host.log.warn({ err, channel }, 'fastify-event-sources: ignored a malformed control message from Redis')
+    return
+  }
+  host.control(message)
+}
