@@ -57,7 +57,7 @@ export async function bounded<T> (operation: Promise<T>, ms: number): Promise<T>
 }
 
 /** A claim message: one `[instance, identifier, openedAt]`, or several `[instance, [[identifier, openedAt], ...]]`. */
-export function claimPayload (instance: string, claims: [string, number][]): string {
+function claimPayload (instance: string, claims: [string, number][]): string {
   return JSON.stringify(claims.length === 1 ? [instance, claims[0][0], claims[0][1]] : [instance, claims])
 }
 
@@ -65,7 +65,7 @@ export function claimPayload (instance: string, claims: [string, number][]): str
  * Applies another instance's claims here: an older source of a claimed identifier is closed. Returns the claims
  * this instance holds newer sources for, to announce in answer (the other instance missed ours: it was away).
  */
-export function applyClaims (host: AdapterHost, instance: string, payload: string): [string, number][] {
+function applyClaims (host: AdapterHost, instance: string, payload: string): [string, number][] {
   let claim: unknown
   try {
     claim = JSON.parse(payload)
@@ -103,4 +103,50 @@ export function applyControl (host: AdapterHost, instance: string, payload: stri
     return
   }
   host.control(message)
+}
+
+/** Claims per announcement message when every source is announced again. */
+const CLAIMS_PER_MESSAGE = 500
+
+/**
+ * Newest wins across instances: which identifiers are open here, told to the other instances (which close older
+ * sources and answer for newer ones), and told again once a claim could not be sent.
+ */
+export class Claims {
+  /** A claim could not be sent: every source is announced again once the connection is back. */
+  pending = false
+  #host: AdapterHost
+  #instance: string
+  #connected: () => boolean
+  #send: (payload: string) => Promise<unknown>
+
+  constructor (host: AdapterHost, instance: string, connected: () => boolean, send: (payload: string) => Promise<unknown>) {
+    this.#host = host
+    this.#instance = instance
+    this.#connected = connected
+    this.#send = send
+  }
+
+  announce (claims: [string, number][]): void {
+    if (!this.#connected()) {
+      this.pending = true
+      return
+    }
+    this.#send(claimPayload(this.#instance, claims)).catch((err: Error) => {
+      this.pending = true
+      this.#host.log.debug({ err }, 'fastify-event-sources: could not announce identifiers to other instances')
+    })
+  }
+
+  announceAll (): void {
+    this.pending = false
+    const all = this.#host.identified()
+    for (let i = 0; i < all.length; i += CLAIMS_PER_MESSAGE) this.announce(all.slice(i, i + CLAIMS_PER_MESSAGE))
+  }
+
+  /** Another instance's claims; an instance that missed ours (it was away) is answered, so it closes its older source. */
+  receive (payload: string): void {
+    const newer = applyClaims(this.#host, this.#instance, payload)
+    if (newer.length > 0) this.announce(newer)
+  }
 }

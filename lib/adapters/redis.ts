@@ -10,7 +10,7 @@ import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
 import { RedisClusterAdapter } from './redis-cluster'
 import type { RedisAdapterOptions, RedisClusterAdapterOptions } from '../../types/redis'
-import { applyClaims, applyControl, bounded, claimPayload, controlPayload, fail, positive, ready, sleep } from './coordination'
+import { Claims, applyControl, bounded, controlPayload, fail, positive, ready, sleep } from './coordination'
 
 // Fail fast instead of queueing while Redis is away: a queued publish would hang, then arrive late and out of order.
 const OWN_CONNECTION: RedisOptions = {
@@ -28,8 +28,6 @@ const HELD_BYTES = 8 * 1024 * 1024
 const PAGE_BYTES = 4 * 1024 * 1024
 /** A catch-up read that fails is tried this many times (backing off up to 2 s) before the gap is reported. */
 const READ_ATTEMPTS = 8
-/** Claims per announcement message when re-announcing every source after a reconnect. */
-const CLAIMS_PER_MESSAGE = 500
 /**
  * A new route's first source counts as opened this long before the Redis time it opened at, as estimated from this
  * instance's clock: what was published to it within that margin before it opened may reach it too.
@@ -102,7 +100,7 @@ class RedisAdapter implements EventSourceAdapter {
   /** Held messages were dropped: the running catch-up reads the stream again before going live. */
   #reread = false
   /** A claim could not be announced: announce every source once the connection is back. */
-  #unannounced = false
+  #claims: Claims | undefined
   /** The channels this instance listens to, with selective routing. */
   #routes: Routes | undefined
   /**
@@ -175,6 +173,7 @@ class RedisAdapter implements EventSourceAdapter {
     // Subscribing again is done here, not by ioredis, so that catching up starts once the subscription holds.
     const subscriber = this.#own((user ?? client).duplicate({ enableOfflineQueue: false, lazyConnect: false, autoResubscribe: false }))
     this.#client = client
+    this.#claims = new Claims(host, this.#instance, () => client.status === 'ready', payload => client.publish(this.claimChannel, payload))
     this.#subscriber = subscriber
     if (this.hasHistory) this.#history = new RedisStreamsHistory(client, this.#keys, this.#maxLen)
     const routes = this.routing === 'selective'
@@ -182,9 +181,13 @@ class RedisAdapter implements EventSourceAdapter {
       : undefined
     this.#routes = routes
     subscriber.on('message', (channel: string, payload: string) => {
-      if (channel === this.claimChannel) this.#onClaim(payload)
-      else if (channel === this.controlChannel) this.#onControl(payload)
-      else if (channel === this.messageChannel || routes?.has(channel) === true) this.#onMessage(payload, channel)
+      if (channel === this.claimChannel) {
+        if (!this.#closed) this.#claims?.receive(payload)
+      } else if (channel === this.controlChannel) {
+        this.#onControl(payload)
+      } else if (channel === this.messageChannel || routes?.has(channel) === true) {
+        this.#onMessage(payload, channel)
+      }
     })
     // Routing 'all' also hears what selective instances publish on their routes' channels.
     subscriber.on('pmessage', (_pattern: string, channel: string, payload: string) => this.#onMessage(payload, channel))
@@ -192,7 +195,7 @@ class RedisAdapter implements EventSourceAdapter {
       if (this.#subscribed) this.#catchUp()
     })
     client.on('ready', () => {
-      if (this.#unannounced && this.#subscribed) this.#announceAll()
+      if (this.#subscribed && this.#claims?.pending === true) this.#claims.announceAll()
     })
     let lastError: Error | undefined
     const record = (err: Error): void => { lastError = err }
@@ -314,7 +317,7 @@ class RedisAdapter implements EventSourceAdapter {
 
   claim (identifier: string, openedAt: number): void {
     if (this.#client === undefined || this.#closed) return
-    this.#announce([[identifier, openedAt]])
+    this.#claims?.announce([[identifier, openedAt]])
   }
 
   /** Runs through Redis: followed and cancelled from any instance, one producer per key in the whole cluster. */
@@ -520,7 +523,7 @@ class RedisAdapter implements EventSourceAdapter {
           await this.#bounded(subscriber.subscribe(...this.#channels()))
           if (routes === undefined) await this.#bounded(subscriber.psubscribe(...this.#patterns()))
           // Claims made elsewhere while this subscription was down were missed: announcing ours makes newer ones answer.
-          this.#announceAll()
+          this.#claims?.announceAll()
           // Live only: what was published while the subscription was down is gone.
           if (this.#history === undefined) this.#host?.gap(undefined, undefined)
           missed = true
@@ -664,38 +667,11 @@ class RedisAdapter implements EventSourceAdapter {
     return undefined
   }
 
-  /** Tells the other instances which identifiers are open here; they close older sources and answer for newer ones. */
-  #announce (claims: [string, number][]): void {
-    const client = this.#client as Redis
-    if (client.status !== 'ready') {
-      this.#unannounced = true
-      return
-    }
-    client.publish(this.claimChannel, claimPayload(this.#instance, claims)).catch((err: Error) => {
-      this.#unannounced = true
-      this.#host?.log.debug({ err }, 'fastify-event-sources: could not announce identifiers to other instances')
-    })
-  }
-
-  #announceAll (): void {
-    this.#unannounced = false
-    const all = this.#host?.identified() ?? []
-    for (let i = 0; i < all.length; i += CLAIMS_PER_MESSAGE) this.#announce(all.slice(i, i + CLAIMS_PER_MESSAGE))
-  }
-
   /** A subscribe or unsubscribe from another instance; checked as carefully as one made here. */
   #onControl (payload: string): void {
     const host = this.#host
     if (host === undefined || this.#closed) return
     applyControl(host, this.#instance, payload, this.controlChannel)
-  }
-
-  #onClaim (payload: string): void {
-    const host = this.#host
-    if (host === undefined || this.#closed) return
-    const newer = applyClaims(host, this.#instance, payload)
-    // The other instance missed our claim (it was away): answer, so it closes its older source.
-    if (newer.length > 0) this.#announce(newer)
   }
 
   /** A user's client may queue commands while Redis is away: never wait longer than publishTimeout. */
