@@ -13,10 +13,8 @@ import { PRESENCE_DEFAULTS, RedisPresence, type PresenceSettings } from './redis
 import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
 import type { RedisClusterAdapterOptions } from '../../types/redis'
-import { applyClaims, applyControl, bounded, claimPayload, controlPayload, fail, positive, ready, sleep } from './coordination'
+import { Claims, applyControl, bounded, controlPayload, fail, positive, ready, sleep } from './coordination'
 
-/** Claims per announcement message when re-announcing every source after a reconnect. */
-const CLAIMS_PER_MESSAGE = 500
 /** Deliveries wait at least this long (ms) for a lost shard's channels to be subscribed again (a failover takes 1 to 3 s). */
 const FAILOVER_WAIT = 5000
 /** A topic nobody here follows any more keeps its subscription this long (ms), in case a follower comes back. */
@@ -98,7 +96,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
   /** Topic channels to subscribe at the next microtask, gathered. */
   #toSubscribe = new Set<Channel>()
   #lingerTimer: NodeJS.Timeout | undefined
-  #unannounced = false
+  #claims: Claims | undefined
   #down = false
   /** ms the sequencer's clock is ahead of this process's. */
   #skew = 0
@@ -160,6 +158,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     if (user !== undefined && user.status === 'end') throw new FST_ERR_SSE_ADAPTER('cannot reach the Redis Cluster: the client passed was closed (status "end")')
     const client = user ?? this.#own(new Cluster(this.#nodes ?? [], CLUSTER_OPTIONS))
     this.#client = client
+    this.#claims = new Claims(host, this.#instance, () => client.status === 'ready', payload => client.spublish(this.claimChannel, payload))
     if (this.hasHistory) this.#history = new RedisClusterHistory(client, this.keys, this.#ttl, this.#timeout * 2)
     let lastError: Error | undefined
     const record = (err: Error): void => { lastError = err }
@@ -190,7 +189,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
       client.off('error', record)
     }
     client.on('ready', () => {
-      if (this.#unannounced) this.#announceAll()
+      if (this.#claims?.pending === true) this.#claims.announceAll()
     })
     // Routes hear first of every topic a source here starts or stops following, then presence (if on).
     const local = host.presence
@@ -325,7 +324,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
 
   claim (identifier: string, openedAt: number): void {
     if (this.#client === undefined || this.#closed) return
-    this.#announce([[identifier, openedAt]])
+    this.#claims?.announce([[identifier, openedAt]])
   }
 
   /** Runs on the sequencer's slot: their keys share its hash tag, their events travel on cluster-wide channels. */
@@ -479,7 +478,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
           } else if (lost) {
             this.#host?.gap(undefined, undefined)
           }
-          if (lost) this.#announceAll()
+          if (lost) this.#claims?.announceAll()
           return
         } catch (err) {
           this.#host?.log.debug({ err, attempt }, 'fastify-event-sources: could not subscribe to a Redis Cluster shard yet; retrying')
@@ -547,6 +546,8 @@ class RedisClusterAdapter implements EventSourceAdapter {
     connection.on('error', (err: Error) => this.#host?.log.debug({ err, node: key }, 'fastify-event-sources: Redis Cluster subscriber error'))
     connection.on('smessage', (name: string, payload: string) => this.#onMessage(name, payload))
     connection.on('end', () => this.#lost(shard))
+    // A subscribe still in flight when the adapter closed would otherwise leave this connection open.
+    if (this.#closed) this.#retire(shard)
     return shard
   }
 
@@ -572,7 +573,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     const host = this.#host
     const channel = this.#channels.get(name)
     if (host === undefined || this.#closed || channel === undefined) return
-    if (name === this.claimChannel) return this.#onClaim(payload)
+    if (name === this.claimChannel) return this.#claims?.receive(payload)
     if (name === this.controlChannel) return this.#onControl(payload)
     let entry: ClusterEntry
     try {
@@ -702,35 +703,11 @@ class RedisClusterAdapter implements EventSourceAdapter {
     return true
   }
 
-  // Claims and control, on the sequencer's slot.
-
-  #announce (claims: [string, number][]): void {
-    const client = this.#client as Cluster
-    if (client.status !== 'ready') {
-      this.#unannounced = true
-      return
-    }
-    client.spublish(this.claimChannel, claimPayload(this.#instance, claims)).catch((err: Error) => {
-      this.#unannounced = true
-      this.#host?.log.debug({ err }, 'fastify-event-sources: could not announce identifiers to other instances')
-    })
-  }
-
-  #announceAll (): void {
-    this.#unannounced = false
-    const all = this.#host?.identified() ?? []
-    for (let i = 0; i < all.length; i += CLAIMS_PER_MESSAGE) this.#announce(all.slice(i, i + CLAIMS_PER_MESSAGE))
-  }
+  // Control, on the sequencer's slot.
 
   #onControl (payload: string): void {
     const host = this.#host as AdapterHost
     applyControl(host, this.#instance, payload, this.controlChannel)
-  }
-
-  #onClaim (payload: string): void {
-    const host = this.#host as AdapterHost
-    const newer = applyClaims(host, this.#instance, payload)
-    if (newer.length > 0) this.#announce(newer)
   }
 
   /** A user's client may queue commands while Redis is away: never wait longer than publishTimeout. */
