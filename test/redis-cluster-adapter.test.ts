@@ -1,7 +1,7 @@
 import tap, { test, type Test } from 'tap'
 import { randomBytes } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
-import { Cluster } from 'ioredis'
+import { Cluster, Redis } from 'ioredis'
 import redisAdapter from '../lib/adapters/redis'
 import { slotOf } from '../lib/history/redis-cluster-streams'
 import type { RedisClusterAdapterOptions } from '../types/redis'
@@ -151,6 +151,80 @@ if (clusterReady(tap)) {
     t.same(replayed.events.slice(1).map(e => [e.id, e.data]), one, 'the replay is the live order')
   })
 
+  test('selective on a cluster: a message to an identifier or a topic reaches only the instances that follow it; a new identifier gets nothing sent before it opened; the last leaving unsubscribes', async t => {
+    const prefix = uniquePrefix()
+    const a = await instance(t, prefix)
+    const b = await instance(t, prefix)
+    const sequencer = new Redis({ host: '127.0.0.1', port: await cluster.masterOf(`{${prefix}}`), lazyConnect: true })
+    t.teardown(() => sequencer.disconnect())
+    const listeners = async (channel: string): Promise<number> => {
+      const reply = await sequencer.call('PUBSUB', 'SHARDNUMSUB', channel) as [string, number]
+      return Number(reply[1])
+    }
+    const alice = await open(t, a.url + '/sse?id=alice&topics=room:a')
+    const bob = await open(t, b.url + '/sse?id=bob&topics=room:b')
+    await until(() => a.app.eventSources.subscribers('room:a').length === 1 && b.app.eventSources.subscribers('room:b').length === 1, 5000, 'both open')
+    const before = [a.app.eventSources.metrics().received, b.app.eventSources.metrics().received]
+    for (let n = 0; n < 10; n++) {
+      await a.app.eventSources.publish(`alice ${n}`, { to: 'alice' })
+      await a.app.eventSources.publish(`bob ${n}`, { to: 'bob' })
+      await b.app.eventSources.publish(`room a ${n}`, { to: { topic: 'room:a' } })
+      await b.app.eventSources.publish(`room b ${n}`, { to: { topic: 'room:b' } })
+    }
+    await until(() => alice.events.length === 20 && bob.events.length === 20, 5000, 'every message')
+    await sleep(100)
+    const after = [a.app.eventSources.metrics().received, b.app.eventSources.metrics().received]
+    t.same([after[0] - before[0], after[1] - before[1]], [20, 20], 'each instance received only the 20 messages for its own sources (of 40 published)')
+    t.same(data(alice).filter(text => text.startsWith('alice')).length, 10)
+    t.same(data(bob).filter(text => text.startsWith('bob')).length, 10)
+    t.equal(await listeners(`{${prefix}}i:alice`), 1, 'one instance listens to alice\'s channel')
+    t.equal(await listeners(`{${prefix}}i:carol`), 0, 'nobody listens to carol\'s yet')
+
+    // Published while nobody follows carol, after the last message B delivered: B (which will hold her stream) hears
+    // nothing of it, and a read of her history from the last id B delivered would find all of it.
+    for (let n = 0; n < 20; n++) await a.app.eventSources.publish(`early ${n}`, { to: 'carol' })
+    await sleep(150)
+    const carol = await open(t, b.url + '/sse?id=carol')
+    await until(() => b.app.eventSources.getByIdentifier('carol') !== undefined, 5000, 'carol open')
+    await a.app.eventSources.publish('hello carol', { to: 'carol' })
+    await until(() => carol.events.length >= 1, 5000, 'the message to carol')
+    await sleep(100)
+    t.same(data(carol), ['hello carol'], 'what was published to carol before she opened does not reach her')
+
+    alice.close()
+    const deadline = Date.now() + 8000
+    while ((await listeners(`{${prefix}}i:alice`)) !== 0 && Date.now() < deadline) await sleep(100)
+    t.equal(await listeners(`{${prefix}}i:alice`), 0, 'the last source of alice gone, her channel is left (after the linger)')
+  })
+
+  test('a message to several topics is written once on the sequencer\'s slot and reaches each follower once; without history as well', async t => {
+    for (const history of [true, false]) {
+      const prefix = uniquePrefix()
+      const a = await instance(t, prefix, history ? {} : { history: false })
+      const b = await instance(t, prefix, history ? {} : { history: false })
+      const both = await open(t, a.url + '/sse?id=u:1&topics=room:a,room:b,room:c')
+      const one = await open(t, b.url + '/sse?id=u:2&topics=room:b')
+      await until(() => a.app.eventSources.subscribers('room:c').length === 1 && b.app.eventSources.subscribers('room:b').length === 1, 5000, 'both open')
+      await sleep(50)
+      await b.app.eventSources.publish('abc', { to: { topic: ['room:a', 'room:b', 'room:c'] } })
+      await b.app.eventSources.publish('ac', { to: { topic: ['room:a', 'room:c'] } })
+      await a.app.eventSources.publish('end', { to: { topic: 'room:b' } })
+      await until(() => both.events.length >= 3 && one.events.length >= 2, 5000, 'the messages')
+      await sleep(100)
+      t.same(data(both), ['abc', 'ac', 'end'], `history ${history}: once each on the follower of all three`)
+      t.same(data(one), ['abc', 'end'], `history ${history}: the follower of one gets what names it`)
+      if (history) {
+        const redis = commands(t)
+        t.equal(await redis.xlen(`{${prefix}}multi`), 2, 'both written once, on the sequencer\'s slot')
+        t.equal(await redis.exists(`${prefix}{t:room:a}`), 0, 'not in the topic\'s own stream')
+        const resumed = await open(t, b.url + '/sse?topics=room:c', both.events[0].id)
+        await until(() => resumed.events.length >= 1, 5000, 'the replay')
+        await sleep(100)
+        t.same(data(resumed), ['ac'], 'replayed from there for a follower of room:c')
+      }
+    }
+  })
+
   test('eventSources.subscribe on one instance joins a stream open on another; unsubscribe leaves', async t => {
     const prefix = uniquePrefix()
     const a = await instance(t, prefix)
@@ -216,6 +290,9 @@ if (clusterReady(tap)) {
         yield { n }
       }
     })
+    // The run is recorded on the cluster asynchronously: a follower asking before that would get 204 (no such run).
+    const deadline = Date.now() + 5000
+    while (await b.app.eventSources.runState('job:1') === undefined && Date.now() < deadline) await sleep(5)
     const client = new Client(t, b.url + '/runs/job:1', undefined, ['end'])
     await until(() => client.events.some(e => e.type === 'end'), 20_000, 'the end event')
     const items = client.events.filter(e => e.type === 'message').map(e => JSON.parse(e.data).n)

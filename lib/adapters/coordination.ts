@@ -9,6 +9,12 @@ import type { AdapterHost, ControlMessage } from './adapter'
  * messages instances send each other (claims for newest-wins, subscribe and unsubscribe across instances).
  */
 
+/**
+ * A new route's first source counts as opened this long (ms) before the Redis time it opened at, as estimated from
+ * this instance's clock: what was published to it within that margin before it opened may reach it too.
+ */
+export const CLOCK_MARGIN = 50
+
 export function fail (name: string, why: string): never {
   throw new FST_ERR_SSE_INVALID_OPTION(name, why)
 }

@@ -3,7 +3,7 @@ import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
 import { encode } from '../history/redis-streams'
 import {
-  ABORT, APPEND, RedisClusterHistory, SEQUENCE, WATERMARK_COUNT, clusterKeys, compareIds, completeBelow, decodePayload, padded, slotOf,
+  ABORT, APPEND, PUBLISH_MANY, RedisClusterHistory, SEQUENCE, WATERMARK_COUNT, before, clusterKeys, compareIds, completeBelow, decodePayload, padded, slotOf,
   type ClusterEntry, type ClusterKeys, type Watermark
 } from '../history/redis-cluster-streams'
 import { isAfter } from '../position'
@@ -13,11 +13,11 @@ import { PRESENCE_DEFAULTS, RedisPresence, type PresenceSettings } from './redis
 import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
 import type { RedisClusterAdapterOptions } from '../../types/redis'
-import { Claims, applyControl, bounded, controlPayload, fail, positive, ready, sleep } from './coordination'
+import { CLOCK_MARGIN, Claims, applyControl, bounded, controlPayload, fail, positive, ready, sleep } from './coordination'
 
 /** Deliveries wait at least this long (ms) for a lost shard's channels to be subscribed again (a failover takes 1 to 3 s). */
 const FAILOVER_WAIT = 5000
-/** A topic nobody here follows any more keeps its subscription this long (ms), in case a follower comes back. */
+/** A topic or identifier nobody here follows any more keeps its subscriptions this long (ms), in case a follower comes back. */
 const LINGER = 2000
 
 /** A channel this instance listens to, and the stream that holds what it carries. */
@@ -25,11 +25,21 @@ interface Channel {
   name: string
   /** The stream behind it (undefined: claims and control, which keep no history). */
   stream: string | undefined
-  topic: string | undefined
+  /** Its stream is a topic's, which Redis drops when idle for ttl. */
+  topicStream: boolean
+  /** What of its stream the channel carries (undefined: all of it). */
+  keep: ((message: PublishedMessage) => boolean) | undefined
+  /** For a new route's channel: ids at or before it were sequenced before its first source opened, and are not read. */
+  opened: string | undefined
   /** The last stream position seen from it: a catch-up reads after it. */
   cursor: string | undefined
   shard: Shard | undefined
-  /** A topic channel nobody here follows: unsubscribed once the linger ends. */
+}
+
+/** A topic or identifier followed here (`t:<topic>`, `i:<identifier>`), and the channels it listens to. */
+interface Route {
+  channels: Channel[]
+  /** Nobody here follows it: unsubscribed once the linger ends. */
   idleSince: number | undefined
 }
 
@@ -47,11 +57,13 @@ interface Held {
 }
 
 /**
- * The Redis adapter for a Redis Cluster (7 or later). Topic messages travel on sharded channels and live in
- * streams on their topic's own slot; everything else (the id sequence, messages to no topic, presence, claims,
- * control, runs) lives on the sequencer's slot `{<prefix>}`. Ids come from the sequencer, so they form one order
- * for the whole cluster; since messages reach an instance over several connections, an instance delivers them
- * in id order, each once every id below it has been written (the watermark).
+ * The Redis adapter for a Redis Cluster (7 or later). A message to one topic travels on a sharded channel and lives
+ * in a stream on its topic's own slot; everything else (the id sequence, messages to identifiers, prefixes,
+ * everyone and several topics, presence, claims, control, runs) lives on the sequencer's slot `{<prefix>}`. An
+ * instance subscribes only to the channels of the identifiers and topics its sources follow (and to the one of
+ * everyone and prefixes). Ids come from the sequencer, so they form one order for the whole cluster; since messages
+ * reach an instance over several connections, an instance delivers them in id order, each once every id below it
+ * has been written (the watermark).
  */
 class RedisClusterAdapter implements EventSourceAdapter {
   readonly hasHistory: boolean
@@ -82,6 +94,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #inFlight = new Set<Promise<unknown>>()
   #owned: (Redis | Cluster)[] = []
   #channels = new Map<string, Channel>()
+  #routes = new Map<string, Route>()
   #shards = new Map<string, Shard>()
   /** Received and not yet delivered, in id order. */
   #held: Held[] = []
@@ -100,6 +113,8 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #down = false
   /** ms the sequencer's clock is ahead of this process's. */
   #skew = 0
+  /** How far (ms) before its estimated open a new route reads: the clock margin and the round trip of the estimate. */
+  #margin = CLOCK_MARGIN
 
   constructor (options: RedisClusterAdapterOptions = {}) {
     if (typeof options !== 'object' || options === null) fail('redisAdapter', 'options must be an object')
@@ -169,12 +184,16 @@ class RedisClusterAdapter implements EventSourceAdapter {
         // The sequencer's clock against this one's: publish deadlines are written in the sequencer's time.
         const asked = Date.now()
         const time = this.#reply(await this.#bounded(client.pipeline().exists(this.keys.seq).time().exec()), 1) as [string, string]
-        this.#skew = Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000) - Math.round((asked + Date.now()) / 2)
+        const answered = Date.now()
+        this.#skew = Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000) - Math.round((asked + answered) / 2)
+        this.#margin = CLOCK_MARGIN + answered - asked
         const mark = await this.#bounded(this.#history.watermark())
         this.#released = this.#known = completeBelow(mark)
       }
-      for (const [name, stream] of [[this.messageChannel, this.keys.plain], [this.claimChannel, undefined], [this.controlChannel, undefined]] as const) {
-        this.#channels.set(name, { name, stream: this.hasHistory ? stream : undefined, topic: undefined, cursor: undefined, shard: undefined, idleSince: undefined })
+      // The plain stream also holds the messages to identifiers, which travel on their own channels.
+      const everyone = (message: PublishedMessage): boolean => typeof message.to !== 'string'
+      for (const [name, stream, keep] of [[this.messageChannel, this.keys.plain, everyone], [this.claimChannel, undefined, undefined], [this.controlChannel, undefined, undefined]] as const) {
+        this.#channels.set(name, { name, stream: this.hasHistory ? stream : undefined, topicStream: false, keep, opened: undefined, cursor: undefined, shard: undefined })
       }
       await this.#bounded(this.#subscribe([...this.#channels.values()]))
       // A connection to every master now: a topic's first follower then waits for one SSUBSCRIBE, not a connect.
@@ -191,18 +210,22 @@ class RedisClusterAdapter implements EventSourceAdapter {
     client.on('ready', () => {
       if (this.#claims?.pending === true) this.#claims.announceAll()
     })
-    // Routes hear first of every topic a source here starts or stops following, then presence (if on).
+    // Routes hear first of every identifier and topic a source here takes or leaves, then presence (if on).
     const local = host.presence
     const routes: PresenceListener = {
       streams: () => this.#presenceListener?.streams(),
-      identifier: identifier => this.#presenceListener?.identifier(identifier),
+      identifier: identifier => {
+        this.#route('i:' + identifier, local.hasIdentifier(identifier))
+        this.#presenceListener?.identifier(identifier)
+      },
       topic: (topic, identifier) => {
-        this.#route(topic)
+        this.#route('t:' + topic, local.topicStreams(topic) > 0)
         this.#presenceListener?.topic(topic, identifier)
       }
     }
     local.watch(routes)
-    for (const topic of local.topics()) this.#route(topic)
+    for (const identifier of local.identifiers()) this.#route('i:' + identifier, true)
+    for (const topic of local.topics()) this.#route('t:' + topic, true)
     if (this.#presenceSettings !== undefined) {
       const presence = new RedisPresence(client as unknown as Redis, host, this.keys.tag, this.#instance, this.#presenceSettings, op => this.#bounded(op))
       this.#presence = presence
@@ -238,49 +261,59 @@ class RedisClusterAdapter implements EventSourceAdapter {
 
   async #publishLive (client: Cluster, message: PublishedMessage): Promise<void> {
     const payload = '\n' + encode(message, true)
-    const topics = topicsOf(message.to)
-    if (topics === undefined) await client.spublish(this.messageChannel, payload)
-    else await Promise.all(topics.map(topic => client.spublish(this.keys.topic(topic), payload)))
+    const channels = this.#channelsOf(message)
+    if (channels.length === 1) await client.spublish(channels[0], payload)
+    else await client.eval(PUBLISH_MANY, 1, this.keys.seq, payload, ...channels)
   }
 
   /**
-   * The id from the sequencer; a message to no topic is written and published there at once. A message to topics
-   * is then written and published on each topic's slot. Each write waits for one replica (when the shard has
-   * one): a publish that resolved survives its master being killed.
+   * The channels a message travels on: its topic's own (on the topic's slot) for one topic; on the sequencer's slot,
+   * one per topic for several, its identifier's, or the channel of everyone and prefixes.
+   */
+  #channelsOf (message: PublishedMessage): string[] {
+    const keys = this.keys
+    const to = message.to
+    const topics = topicsOf(to)
+    if (topics !== undefined) return topics.length === 1 ? [keys.topic(topics[0])] : topics.map(keys.multiTopic)
+    return typeof to === 'string' ? [keys.identifier(to)] : [this.messageChannel]
+  }
+
+  /**
+   * The id from the sequencer. A message to no topic, or to several, is written and published there at once, in
+   * one step (whole or not at all); a message to one topic is then written and published on the topic's slot. Each
+   * write waits for one replica (when the shard has one): a publish that resolved survives its master being killed.
    */
   async #append (client: Cluster, message: PublishedMessage, key: string | undefined): Promise<void> {
     const keys = this.keys
     const topics = topicsOf(message.to) ?? []
     const body = encode(message, false)
-    const plain = topics.length === 0
+    const plain = topics.length !== 1
+    const channels = plain ? this.#channelsOf(message) : []
     // The sequencer refuses to run it past the publish's deadline: it would then take an id after later publishes.
-    const sequencer = client.pipeline().eval(SEQUENCE, 5, keys.seq, keys.pending, keys.epoch, key === undefined ? keys.seq : keys.key(key), keys.plain,
-      plain ? 'p' : 't', body, this.messageChannel, this.#maxLen, this.#keyTtl, key === undefined ? '0' : '1', Date.now() + this.#skew + this.#timeout)
+    const sequencer = client.pipeline().eval(SEQUENCE, 5, keys.seq, keys.pending, keys.epoch, key === undefined ? keys.seq : keys.key(key),
+      topics.length > 1 ? keys.multi : keys.plain,
+      plain ? 'p' : 't', body, this.#maxLen, this.#keyTtl, key === undefined ? '0' : '1', Date.now() + this.#skew + this.#timeout, ...channels)
     if (plain) this.#waitReplica(sequencer, keys.seq)
     const results = await sequencer.exec()
     const [id, seen] = this.#reply(results) as [string, number]
     if (plain && results !== null && results.length > 1 && results[1][1] === 0) throw new Error('no replica acknowledged the write in time')
     if (seen === 1 || plain) return
-    // On the connection to the master of each topic's slot, so that WAIT follows the write it is about.
-    const writes = topics.map(topic => {
-      const stream = keys.topic(topic)
-      const [node, replicas] = this.#master(client, stream)
-      const written = node.eval(APPEND, 1, stream, id, body, this.#maxLen, this.#ttl)
-      const waited = replicas > 0 ? node.call('WAIT', 1, Math.max(1, Math.floor(this.#timeout / 2))) : Promise.resolve(1)
-      return { written, waited }
-    })
+    // On the connection to the master of the topic's slot, so that WAIT follows the write it is about.
+    const stream = keys.topic(topics[0])
+    const [node, replicas] = this.#master(client, stream)
+    const written = node.eval(APPEND, 1, stream, id, body, this.#maxLen, this.#ttl)
+    const waited = replicas > 0 ? node.call('WAIT', 1, Math.max(1, Math.floor(this.#timeout / 2))) : Promise.resolve(1)
     try {
-      await Promise.all(writes.map(write => write.written))
+      await written
     } catch (err) {
-      for (const write of writes) write.waited.catch(() => {})
+      waited.catch(() => {})
       client.eval(ABORT, 2, keys.pending, key === undefined ? keys.pending : keys.key(key), padded(id), id).catch(() => {})
       throw err
     }
-    // Written everywhere: instances may deliver the ids after it (not awaited; until it lands, or the id expires,
-    // they only wait a little longer), while the replicas catch up.
+    // Written: instances may deliver the ids after it (not awaited; until it lands, or the id expires, they only
+    // wait a little longer), while the replica catches up.
     client.zrem(keys.pending, padded(id)).catch(() => {})
-    const acks = await Promise.all(writes.map(write => write.waited))
-    if (acks.some(n => n === 0)) throw new Error('no replica acknowledged the write in time')
+    if (await waited === 0) throw new Error('no replica acknowledged the write in time')
   }
 
   /** The connection to the master serving the key's slot, and how many replicas the slot map gives it. */
@@ -379,27 +412,50 @@ class RedisClusterAdapter implements EventSourceAdapter {
 
   // Sharded subscriptions: one connection per master, placed by the cluster client's slot map.
 
-  /** A topic followed here gets its channel; one nobody follows any more is dropped after the linger. */
-  #route (topic: string): void {
+  /**
+   * A topic or identifier followed here gets its channels; one nobody follows any more is dropped after the linger.
+   * A new one is subscribed at the next microtask, with the others of the same turn.
+   */
+  #route (key: string, followed: boolean): void {
     if (this.#closed) return
-    const name = this.keys.topic(topic)
-    const followed = (this.#host as AdapterHost).presence.topicStreams(topic) > 0
-    const channel = this.#channels.get(name)
-    if (channel !== undefined) {
-      channel.idleSince = followed ? undefined : Date.now()
+    const route = this.#routes.get(key)
+    if (route !== undefined) {
+      route.idleSince = followed ? undefined : Date.now()
       if (!followed) this.#lingerTimer ??= setInterval(() => this.#unsubscribeIdle(), LINGER).unref()
       return
     }
     if (!followed) return
-    const fresh: Channel = { name, stream: this.hasHistory ? name : undefined, topic, cursor: undefined, shard: undefined, idleSince: undefined }
-    this.#channels.set(name, fresh)
+    const channels = this.#channelsFor(key)
+    this.#routes.set(key, { channels, idleSince: undefined })
     if (this.#toSubscribe.size === 0) queueMicrotask(() => this.#subscribeNew())
-    this.#toSubscribe.add(fresh)
+    for (const channel of channels) {
+      this.#channels.set(channel.name, channel)
+      this.#toSubscribe.add(channel)
+    }
   }
 
   /**
-   * New topic channels: deliveries wait while they are subscribed and their streams read after the last id
-   * delivered here, so that nothing published between a source's open and the subscription is lost.
+   * A topic listens to its own channel (its stream on its slot) and to its channel of messages to several topics; an
+   * identifier to its channel (the plain stream, where its messages are among the others).
+   */
+  #channelsFor (key: string): Channel[] {
+    const keys = this.keys
+    const history = this.hasHistory
+    const name = key.slice(2)
+    // What was sequenced before the route's first source opened (by the sequencer's clock, less the margin) is not read.
+    const opened = history ? `${Date.now() + this.#skew - this.#margin}-0` : undefined
+    const channel = (channel: string, stream: string, topicStream: boolean, keep: Channel['keep']): Channel =>
+      ({ name: channel, stream: history ? stream : undefined, topicStream, keep, opened, cursor: undefined, shard: undefined })
+    if (key.startsWith('i:')) return [channel(keys.identifier(name), keys.plain, false, message => message.to === name)]
+    return [
+      channel(keys.topic(name), keys.topic(name), true, undefined),
+      channel(keys.multiTopic(name), keys.multi, false, message => topicsOf(message.to)?.includes(name) === true)
+    ]
+  }
+
+  /**
+   * New channels: deliveries wait while they are subscribed and their streams read after the last id delivered
+   * here, so that nothing published between a source's open and the subscription is lost.
    */
   #subscribeNew (): void {
     const channels = [...this.#toSubscribe]
@@ -410,21 +466,25 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #unsubscribeIdle (): void {
     const now = Date.now()
     let idle = 0
-    for (const channel of this.#channels.values()) {
-      if (channel.idleSince === undefined) continue
-      if (now - channel.idleSince < LINGER) {
+    for (const [key, route] of this.#routes) {
+      if (route.idleSince === undefined) continue
+      if (now - route.idleSince < LINGER) {
         idle++
         continue
       }
-      this.#channels.delete(channel.name)
-      const shard = channel.shard
-      if (shard === undefined) continue
-      shard.channels.delete(channel)
-      if (shard.channels.size === 0) {
-        this.#shards.delete(shard.key)
-        this.#retire(shard)
-      } else {
-        shard.connection.sunsubscribe(channel.name).catch(() => {})
+      this.#routes.delete(key)
+      for (const channel of route.channels) {
+        this.#channels.delete(channel.name)
+        this.#toSubscribe.delete(channel)
+        const shard = channel.shard
+        if (shard === undefined) continue
+        shard.channels.delete(channel)
+        if (shard.channels.size === 0) {
+          this.#shards.delete(shard.key)
+          this.#retire(shard)
+        } else {
+          shard.connection.sunsubscribe(channel.name).catch(() => {})
+        }
       }
     }
     if (idle === 0) {
@@ -465,11 +525,14 @@ class RedisClusterAdapter implements EventSourceAdapter {
               if (channel.stream === undefined) return
               // Live messages may come in meanwhile: the read is deduplicated by id, not by position.
               const known = channel.cursor !== undefined
-              const start = channel.cursor ?? from
-              const read = await this.#bounded(history.readStream(channel.stream, start, channel.topic !== undefined))
+              const opened = known ? undefined : channel.opened
+              const start = channel.cursor ?? (opened !== undefined && isAfter(opened, from) ? before(opened) : from)
+              const read = await this.#bounded(history.readStream(channel.stream, start, channel.topicStream))
               if (read.gap && known) this.#gap(start)
               for (const entry of read.entries) {
                 if (channel.cursor === undefined || isAfter(entry.pos, channel.cursor)) channel.cursor = entry.pos
+                if (channel.keep !== undefined && !channel.keep(entry.message)) continue
+                if (opened !== undefined && isAfter(opened, entry.message.id as string)) continue
                 this.#absorb(entry, known)
               }
               // Read up to here: a message on this channel that comes after its turn from now on was missed.
@@ -583,13 +646,27 @@ class RedisClusterAdapter implements EventSourceAdapter {
       return
     }
     if (this.#history === undefined) {
-      host.deliver(entry.message)
+      if (this.#first(entry.message, name)) host.deliver(entry.message)
       return
     }
     if (channel.cursor !== undefined && !isAfter(entry.pos, channel.cursor)) return
     const known = channel.cursor !== undefined
     channel.cursor = entry.pos
     this.#absorb(entry, known)
+  }
+
+  /**
+   * Without history (no ids to tell copies apart), a message to several topics arrives once per topic followed here:
+   * only its copy on the first of them is delivered.
+   */
+  #first (message: PublishedMessage, channel: string): boolean {
+    const topics = topicsOf(message.to)
+    if (topics === undefined || topics.length < 2) return true
+    for (const topic of topics) {
+      const own = this.keys.multiTopic(topic)
+      if (this.#channels.has(own)) return own === channel
+    }
+    return true
   }
 
   /**

@@ -10,7 +10,7 @@ import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
 import { RedisClusterAdapter } from './redis-cluster'
 import type { RedisAdapterOptions, RedisClusterAdapterOptions } from '../../types/redis'
-import { Claims, applyControl, bounded, controlPayload, fail, positive, ready, sleep } from './coordination'
+import { CLOCK_MARGIN, Claims, applyControl, bounded, controlPayload, fail, positive, ready, sleep } from './coordination'
 
 // Fail fast instead of queueing while Redis is away: a queued publish would hang, then arrive late and out of order.
 const OWN_CONNECTION: RedisOptions = {
@@ -28,11 +28,6 @@ const HELD_BYTES = 8 * 1024 * 1024
 const PAGE_BYTES = 4 * 1024 * 1024
 /** A catch-up read that fails is tried this many times (backing off up to 2 s) before the gap is reported. */
 const READ_ATTEMPTS = 8
-/**
- * A new route's first source counts as opened this long before the Redis time it opened at, as estimated from this
- * instance's clock: what was published to it within that margin before it opened may reach it too.
- */
-const CLOCK_MARGIN = 50
 /**
  * How long route changes are gathered before one subscribe (and one read of the stream) carries them all. Live
  * delivery on the instance waits meanwhile when a route is new: a busy instance trades these milliseconds for one

@@ -1,13 +1,15 @@
 import type { Cluster } from 'ioredis'
-import { matchesTarget } from '../target'
+import { matchesTarget, topicsOf } from '../target'
 import { isAfter } from '../position'
 import { decode } from './redis-streams'
 import type { PublishedMessage, ReplayResult } from './history'
 
 /**
  * Where one prefix's history lives on a Redis Cluster. Everything shared (the id sequence, the ids handed out
- * but not yet written, messages to no topic, presence, claims, control) is on one slot, the sequencer's:
- * `{<prefix>}`. Each topic's history and channel are on the topic's own slot: `<prefix>{t:<topic>}`.
+ * but not yet written, messages to identifiers, to prefixes, to everyone and to several topics, presence, claims,
+ * control) is on one slot, the sequencer's: `{<prefix>}`. A message to one topic lives on the topic's own slot,
+ * with its channel: `<prefix>{t:<topic>}`. A message to several topics is written once, on the sequencer's slot,
+ * so that it is written whole or not at all; it travels there on one channel per topic.
  */
 export interface ClusterKeys {
   /** A one-entry stream whose XADD hands out the next id: one increasing order for the whole cluster. */
@@ -16,14 +18,20 @@ export interface ClusterKeys {
   pending: string
   /** Messages to no topic (identifiers, prefixes, everyone). */
   plain: string
+  /** Messages to several topics. */
+  multi: string
   /** The first id of this history. */
   epoch: string
   /** `{<prefix>}`: what presence, claims and runs put before their keys and channels. */
   tag: string
-  /** The channel of the messages to no topic, and of claims and control (all on the sequencer's slot). */
+  /** The channel of the messages to everyone and to prefixes, and of claims and control (all on the sequencer's slot). */
   messages: string
   claims: string
   control: string
+  /** The channel of the messages to one identifier (on the sequencer's slot). */
+  identifier: (identifier: string) => string
+  /** The channel of the messages to several topics that name this one (on the sequencer's slot). */
+  multiTopic: (topic: string) => string
   /** The idempotency key's Redis key. */
   key: (key: string) => string
   /** A topic's history stream; its channel has the same name (channels and keys do not meet). */
@@ -36,11 +44,14 @@ export function clusterKeys (prefix: string): ClusterKeys {
     seq: tag + 'seq',
     pending: tag + 'pending',
     plain: tag + 'plain',
+    multi: tag + 'multi',
     epoch: tag + 'epoch',
     tag,
     messages: tag + 'messages',
     claims: tag + 'claims',
     control: tag + 'control',
+    identifier: identifier => tag + 'i:' + identifier,
+    multiTopic: topic => tag + 'm:' + topic,
     key: key => tag + 'key:' + key,
     topic: topic => prefix + '{t:' + topic + '}'
   }
@@ -101,32 +112,37 @@ end
 `
 
 /**
- * Hands out the next id on the sequencer's slot. A message to no topic is written and published there at once
- * (`p`); a message to topics is recorded as pending (`t`) until its topic streams hold it. With an idempotency
- * key seen before, returns that id and `1`.
+ * Hands out the next id on the sequencer's slot. A message to no topic or to several is written there and
+ * published on its channels at once (`p`); a message to one topic is recorded as pending (`t`) until its topic
+ * stream holds it. With an idempotency key seen before, returns that id and `1`.
  *
  * Past the deadline (ms, the publisher's clock) it refuses: its publisher has reported it failed.
  *
- * KEYS: seq, pending, epoch, idempotency key, plain. ARGV: mode, body, channel, maxLen, keyTtl, keyed, deadline.
+ * KEYS: seq, pending, epoch, idempotency key, stream (plain or multi). ARGV: mode, body, maxLen, keyTtl, keyed,
+ * deadline, then the channels.
  */
 export const SEQUENCE = APPEND_FUNCTION + `local t = redis.call('TIME')
-if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[7]) then return redis.error_reply('EXPIRED the publish timed out before it was sequenced') end
-local keyed = ARGV[6] == '1'
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[6]) then return redis.error_reply('EXPIRED the publish timed out before it was sequenced') end
+local keyed = ARGV[5] == '1'
 if keyed then
   local seen = redis.call('GET', KEYS[4])
   if seen then return {seen, 1} end
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '1', '*', 'n', '')
 redis.call('SET', KEYS[3], id, 'NX')
-if keyed then redis.call('SET', KEYS[4], id, 'PX', ARGV[5]) end
+if keyed then redis.call('SET', KEYS[4], id, 'PX', ARGV[4]) end
 if ARGV[1] == 'p' then
-  local pos = append(KEYS[5], id, ARGV[2], tonumber(ARGV[4]))
-  redis.call('SPUBLISH', ARGV[3], id .. ' ' .. pos .. '\\n' .. ARGV[2])
+  local pos = append(KEYS[5], id, ARGV[2], tonumber(ARGV[3]))
+  for i = 7, #ARGV do redis.call('SPUBLISH', ARGV[i], id .. ' ' .. pos .. '\\n' .. ARGV[2]) end
 else
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   redis.call('ZADD', KEYS[2], ms, string.rep('0', 16 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq)
 end
 return {id, 0}`
+
+/** Without history: a message published on several channels of one slot at once. KEYS: a key of that slot. ARGV: payload, channels. */
+export const PUBLISH_MANY = `for i = 2, #ARGV do redis.call('SPUBLISH', ARGV[i], ARGV[1]) end
+return 1`
 
 /**
  * Writes a topic message under its id on the topic's own slot and publishes it there, in one step.
@@ -297,8 +313,9 @@ export class RedisClusterHistory {
 
   /**
    * Merges, in id order and once each, what the followed streams hold after `lastEventId` up to what is
-   * complete: the plain stream (filtered to this identifier) and each topic's. `released`: the last id this
-   * instance delivered live, which its streams hold even if its publish has not completed yet.
+   * complete: the plain stream (filtered to this identifier), each topic's, and the stream of messages to several
+   * topics (filtered to these). `released`: the last id this instance delivered live, which its streams hold even
+   * if its publish has not completed yet.
    */
   async readAfter (lastEventId: string, identifier: string | undefined, topics: readonly string[], released: string): Promise<ReplayResult> {
     const keys = this.#keys
@@ -313,19 +330,20 @@ export class RedisClusterHistory {
     if (isAfter(released, cut)) cut = released
     let gap = !placed || epoch === null || isAfter(epoch, lastEventId)
     const start = placed ? lastEventId : '0-0'
-    const reads = await Promise.all([
-      ...(identifier === undefined ? [] : [this.readStream(keys.plain, start, false)]),
-      ...topics.map(topic => this.readStream(keys.topic(topic), start, true))
-    ])
+    const followed = new Set(topics)
+    const sources: [Promise<StreamRead>, ((message: PublishedMessage) => boolean) | undefined][] = topics.map(topic => [this.readStream(keys.topic(topic), start, true), undefined])
+    if (identifier !== undefined) sources.push([this.readStream(keys.plain, start, false), message => matchesTarget(message.to, identifier)])
+    if (topics.length > 0) sources.push([this.readStream(keys.multi, start, false), message => topicsOf(message.to)?.some(topic => followed.has(topic)) === true])
+    const reads = await Promise.all(sources.map(([read]) => read))
     const messages: PublishedMessage[] = []
     const seen = new Set<string>()
     reads.forEach((read, i) => {
       if (read.gap) gap = true
-      const filter = identifier !== undefined && i === 0 ? identifier : undefined
+      const keep = sources[i][1]
       for (const { message } of read.entries) {
         const id = message.id as string
         if ((placed && !isAfter(id, lastEventId)) || isAfter(id, cut) || seen.has(id)) continue
-        if (filter !== undefined && !matchesTarget(message.to, filter)) continue
+        if (keep !== undefined && !keep(message)) continue
         seen.add(id)
         messages.push(message)
       }
