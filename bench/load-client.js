@@ -43,6 +43,19 @@ let onAll = null
 let sampling = false
 let samples = []
 let closed = 0
+// cfg.timeline: the client's own CPU from asking for the broadcast to the last arrival, and its GC pauses
+let cpuAtBroadcast
+let cpuAtAll
+const gc = { ms: 0, max: 0 }
+if (cfg.timeline) {
+  const { PerformanceObserver } = require('node:perf_hooks')
+  new PerformanceObserver(list => {
+    for (const e of list.getEntries()) {
+      gc.ms += e.duration
+      if (e.duration > gc.max) gc.max = e.duration
+    }
+  }).observe({ entryTypes: ['gc'] })
+}
 
 const S_KEY = Buffer.from('"s":')
 const HELLO = Buffer.from('hello')
@@ -107,7 +120,10 @@ function open (i) {
         if (sampling) samples.push(ms)
         if (lat[i] === 0 && sq >= target && target > 0) {
           lat[i] = ms
-          if (++got === N) onAll()
+          if (++got === N) {
+            if (cfg.timeline) cpuAtAll = process.cpuUsage(cpuAtBroadcast)
+            onAll()
+          }
         }
       }
     })
@@ -139,12 +155,39 @@ async function oneBroadcast (timeoutMs) {
   for (let i = 0; i < N; i++) if (lastSeq[i] > maxSeq) maxSeq = lastSeq[i]
   target = maxSeq + 1
   const all = new Promise(resolve => { onAll = resolve })
+  cpuAtAll = undefined
+  let switches = 0
+  if (cfg.timeline) {
+    cpuAtBroadcast = process.cpuUsage()
+    gc.ms = gc.max = 0
+    switches = process.resourceUsage().involuntaryContextSwitches
+  }
   const server = await get('/broadcast')
   const timedOut = await Promise.race([all.then(() => false), sleep(timeoutMs).then(() => true)])
   const loop = await get('/loop')
   const s = sorted(lat.filter(x => x > 0))
   target = -1
-  return { p50: pct(s, 0.5), p99: pct(s, 0.99), max: s[s.length - 1], missed: N - got, timedOut, syncMs: server.syncMs, loopMaxMs: loop.loopMaxMs, loopMaxCpuMs: loop.loopMaxCpuMs, cpuMs: loop.cpuMs }
+  // cfg.dump: every socket's local port and delivery time (one JSON line per broadcast)
+  if (cfg.dump) require('node:fs').appendFileSync(cfg.dump, JSON.stringify({ gcMs: gc.ms, gcMaxMs: gc.max, ports: sockets.map(x => x.localPort), lat: Array.from(lat) }) + '\n')
+  const out = { p50: pct(s, 0.5), p99: pct(s, 0.99), max: s[s.length - 1], missed: N - got, timedOut, syncMs: server.syncMs, loopMaxMs: loop.loopMaxMs, loopMaxCpuMs: loop.loopMaxCpuMs, cpuMs: loop.cpuMs }
+  if (cfg.timeline) {
+    // All on the server's clock, from the event's creation: the server's first, median and last socket write (the
+    // bytes handed to the kernel), the client's first, median and last arrival, and the client's CPU meanwhile.
+    out.first = s[0]
+    out.clientGcMs = gc.ms
+    out.clientGcMaxMs = gc.max
+    out.clientSwitches = process.resourceUsage().involuntaryContextSwitches - switches
+    out.serverSwitches = loop.involuntarySwitches
+    out.clientCpuMs = cpuAtAll === undefined ? undefined : (cpuAtAll.user + cpuAtAll.system) / 1000
+    out.clientSysMs = cpuAtAll === undefined ? undefined : cpuAtAll.system / 1000
+    out.writes = loop.writes
+    out.firstWriteMs = loop.firstWriteMs
+    out.medianWriteMs = loop.medianWriteMs
+    out.lastWriteMs = loop.lastWriteMs
+    out.maxWriteGapMs = loop.maxWriteGapMs
+    out.serverSysMs = loop.sysMs
+  }
+  return out
 }
 
 async function fanout (rounds) {
@@ -164,7 +207,37 @@ async function fanout (rounds) {
     loopMaxCpuMs: pick('loopMaxCpuMs'),
     cpuMs: pick('cpuMs'),
     bestP99ms: round2(Math.min(...results.map(x => x.p99))),
-    missed: Math.max(...results.map(x => x.missed))
+    missed: Math.max(...results.map(x => x.missed)),
+    ...(cfg.timeline ? { timeline: timelineOf(results) } : {})
+  }
+}
+
+/** The medians over the rounds of the cfg.timeline figures (ms, server clock from the event's creation). */
+function timelineOf (results) {
+  const pick = k => {
+    const v = results.map(x => x[k]).filter(x => x !== undefined)
+    return v.length === 0 ? undefined : round2(median(v))
+  }
+  return {
+    serverLoopEndMs: pick('syncMs'),
+    serverFirstWriteMs: pick('firstWriteMs'),
+    serverMedianWriteMs: pick('medianWriteMs'),
+    serverLastWriteMs: pick('lastWriteMs'),
+    serverWrites: pick('writes'),
+    clientFirstMs: pick('first'),
+    clientMedianMs: pick('p50'),
+    clientLastMs: pick('max'),
+    clientCpuMs: pick('clientCpuMs'),
+    clientSysMs: pick('clientSysMs'),
+    serverCpuMs: pick('cpuMs'),
+    serverSysMs: pick('serverSysMs'),
+    serverMaxWriteGapMs: pick('maxWriteGapMs'),
+    // involuntary context switches per broadcast (other work taking the core), and in how many rounds of all
+    clientSwitches: pick('clientSwitches'),
+    clientGcMs: pick('clientGcMs'),
+    clientGcMaxMs: round2(Math.max(...results.map(x => x.clientGcMaxMs ?? 0))),
+    serverSwitches: pick('serverSwitches'),
+    roundsDisturbed: results.filter(x => x.clientSwitches > 0 || x.serverSwitches > 0).length
   }
 }
 

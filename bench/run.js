@@ -73,12 +73,16 @@ function firstLine (child, match) {
 }
 
 async function runOne (contender, n, mode, plan = defaultPlan) {
-  const env = { ...contender.env, PING_MS: mode === 'ping' ? String(plan.pingMs) : '0' }
+  // plan.timeline: when the server's writes and the client's arrivals happen, and the client's CPU (speed.js --timeline)
+  const env = { ...contender.env, PING_MS: mode === 'ping' ? String(plan.pingMs) : '0', ...(plan.timeline ? { TIMELINE: '1' } : {}) }
+  // plan.dump (a folder): every write's and every arrival's time, per broadcast, for a closer look
+  const dump = plan.dump ? path.join(plan.dump, `${contender.id}-${n}`) : undefined
+  if (dump) env.TIMELINE_DUMP = dump + '-server.jsonl'
   const server = pinnedWithStdin(0, ['--expose-gc', path.join(__dirname, 'servers', contender.file)], env)
   const serverExit = new Promise(resolve => server.once('exit', resolve))
   try {
     const port = Number((await firstLine(server, l => l.startsWith('listening '))).split(' ')[1])
-    const cfg = { port, n, mode, pingMs: plan.pingMs, windowMs: plan.windowMs, rounds: plan.rounds, healthRounds: plan.sustainedNs.includes(n) ? plan.healthRounds : 0, blastMs: plan.blastMs, bursts: plan.sustainedNs.includes(n) ? plan.bursts : [], settleMs: plan.settleMs, probeCore: pinning ? 0 : undefined }
+    const cfg = { port, n, mode, pingMs: plan.pingMs, windowMs: plan.windowMs, rounds: plan.rounds, healthRounds: plan.sustainedNs.includes(n) ? plan.healthRounds : 0, blastMs: plan.blastMs, bursts: plan.sustainedNs.includes(n) ? plan.bursts : [], settleMs: plan.settleMs, probeCore: pinning ? 0 : undefined, timeline: plan.timeline === true, dump: dump && dump + '-client.jsonl' }
     const client = pinnedWithStdin(1, [path.join(__dirname, 'load-client.js'), JSON.stringify(cfg)], {})
     const clientExit = new Promise(resolve => client.once('exit', resolve))
     let result

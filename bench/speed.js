@@ -8,10 +8,12 @@
 //            --builds=a,b (builds copied to dist/builds/<name>; --ping-builds: their ping rounds too)
 //            --quick (fewer rounds, shorter sustained runs: for direction only)  --cpu (broadcasts only)
 //            --write (keep the tables in bench/results/speed.md and BENCHMARKS.md)  --from=<results file> (no run)
+//            --timeline (when the server's writes and the client's arrivals happen, each side's CPU; --dump=<dir>: per socket)
 //
 // Writes bench/results/speed[-label].json and prints the tables as Markdown.
 
 const fs = require('node:fs')
+const os = require('node:os')
 const path = require('node:path')
 const { runOne, versions, machine } = require('./run')
 
@@ -28,6 +30,13 @@ const plan = has('cpu')
   : quick
     ? { rounds: 5, healthRounds: 0, blastMs: 1000, bursts: [1, 10], settleMs: 500, pingMs: 1000, windowMs: 3000 }
     : { rounds: 9, healthRounds: 0, blastMs: 1500, bursts: [1, 10], settleMs: 800, pingMs: 1000, windowMs: 4000 }
+// --timeline: per broadcast, when the server's socket writes and the client's arrivals happen, and the client's CPU
+// (--dump=<dir>: also every write's and every arrival's time, per socket, for bench/timeline-lag.js)
+if (has('timeline') || value('dump')) plan.timeline = true
+if (value('dump')) {
+  plan.dump = path.resolve(value('dump'))
+  fs.mkdirSync(plan.dump, { recursive: true })
+}
 if (plan.bursts.length > 0) plan.sustainedNs = ns
 else plan.sustainedNs = []
 
@@ -90,8 +99,9 @@ async function main () {
       const here = contenders.filter(c => !c.build || n === ns[ns.length - 1])
       const order = here.map((c, i) => here[(i + pass) % here.length])
       for (const c of order) {
+        const load = os.loadavg()[0]
         const r = await runOne(c, n, 'main', plan)
-        runs.push({ pass, contender: c.id, ...r })
+        runs.push({ pass, contender: c.id, load, ...r })
         const f = r.fanout
         console.error(`pass ${pass + 1} N=${n} ${c.id.padEnd(15)} ${r.error ?? `p50 ${f.p50ms} p99 ${f.p99ms} cpu ${f.cpuMs} loop ${f.loopMaxCpuMs} ms; ${r.sustained.map(s => s.deliveredPerSec + '/s').join(' ')}; heap ${r.memory.heapPerConn} rss ${r.memory.rssPerConn}`}`)
       }
@@ -234,6 +244,7 @@ function markdown ({ summary, plan, date, runs, versions, machine, contenders, c
     for (const c of main) lines.push(rowOf(c, n))
     lines.push('')
   }
+  if (plan.timeline) lines.push(...timelineTables(runs, plan, contenders))
   if (builds.length) {
     lines.push('### One change at a time', '', 'Each build adds one change to the one above it, and the last row is the plugin as shipped; every row comes from the same passes as the tables above (the builds run at the largest N only).', '')
     const n = ns[ns.length - 1]
@@ -242,6 +253,39 @@ function markdown ({ summary, plan, date, runs, versions, machine, contenders, c
     lines.push('')
   }
   return lines.join('\n')
+}
+
+/**
+ * --timeline: per N and contender, the medians over the passes (ms on the server's clock from the event's creation):
+ * the server's first, median and last socket write, the client's first, median and last arrival, the CPU each side
+ * spent per broadcast, and how many rounds saw either process taken off its core; the load average when runs started.
+ */
+function timelineTables (runs, plan, contenders) {
+  const ok = runs.filter(r => r.error === undefined && r.mode === 'main' && r.fanout?.timeline)
+  const f = x => x === undefined ? 'n/a' : String(Math.round(x * 10) / 10)
+  const lines = ['### Timeline of one broadcast', '', 'Medians over the passes of the per-run medians, ms from the event\'s creation on the server\'s clock. Server writes: the socket writes that handed the event to the kernel (first, median, last socket). Client arrivals: first, median (p50) and last. Server loop end: when the call that broadcast returned. CPU per broadcast: user + system, from the broadcast request to the last arrival. Client GC: its GC pauses per broadcast. Involuntary switches: per broadcast, the times the process was taken off its core (other work, kernel threads).', '']
+  const loads = ok.map(r => r.load).filter(x => x !== undefined)
+  if (loads.length) lines.push(`Load average (1 min) at the start of the runs: ${f(Math.min(...loads))} to ${f(Math.max(...loads))}.`, '')
+  for (const n of plan.ns) {
+    lines.push(`N = ${n.toLocaleString('en-US')}:`, '', '| contender | client p50 (× plain) | server\'s median write (× plain) | client median − server median write | server writes: first / median / last | client arrivals: first / median / last | server loop end | longest pause between writes | server CPU (system) | client CPU (system) | client CPU per socket, µs | client CPU / last arrival | client GC | involuntary switches, server / client |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+    for (const c of contenders) {
+      const mine = ok.filter(r => r.contender === c.id && r.n === n)
+      if (mine.length === 0) continue
+      const m = k => median(mine.map(r => r.fanout.timeline[k]))
+      const ratioOf = pick => median(mine.map(r => {
+        const base = ok.find(b => b.contender === 'plain' && b.n === n && b.pass === r.pass)
+        return base ? pick(r) / pick(base) : undefined
+      }))
+      const x = r => r === undefined ? '' : ` (${r.toFixed(2)}×)`
+      const p50 = ratioOf(r => r.fanout.p50ms)
+      const write = ratioOf(r => r.fanout.timeline.serverMedianWriteMs)
+      const lag = median(mine.map(r => r.fanout.timeline.clientMedianMs - r.fanout.timeline.serverMedianWriteMs))
+      const share = median(mine.map(r => r.fanout.timeline.clientCpuMs / r.fanout.timeline.clientLastMs))
+      lines.push(`| ${c.id} | ${f(m('clientMedianMs'))}${x(p50)} | ${f(m('serverMedianWriteMs'))}${x(write)} | ${f(lag)} | ${f(m('serverFirstWriteMs'))} / ${f(m('serverMedianWriteMs'))} / ${f(m('serverLastWriteMs'))} | ${f(m('clientFirstMs'))} / ${f(m('clientMedianMs'))} / ${f(m('clientLastMs'))} | ${f(m('serverLoopEndMs'))} | ${f(m('serverMaxWriteGapMs'))} | ${f(m('serverCpuMs'))} (${f(m('serverSysMs'))}) | ${f(m('clientCpuMs'))} (${f(m('clientSysMs'))}) | ${f(m('clientCpuMs') * 1000 / n)} | ${share === undefined ? 'n/a' : share.toFixed(2)} | ${f(m('clientGcMs'))} | ${f(m('serverSwitches'))} / ${f(m('clientSwitches'))} |`)
+    }
+    lines.push('')
+  }
+  return lines
 }
 
 if (require.main === module) {

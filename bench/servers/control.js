@@ -98,6 +98,33 @@ function loopWatch (everyMs) {
   }
 }
 
+// TIMELINE=1 (speed.js --timeline): the time of every socket write (the bytes handed to the kernel) to an event
+// stream during a single broadcast, relative to the broadcast's start: when the first, the median and the last socket
+// got its bytes. Wraps net.Socket's _write and _writev, through which every contender's socket writes go.
+const TIMELINE = process.env.TIMELINE === '1'
+const STREAM = Symbol('event stream')
+const timeline = { on: false, t0: 0, times: [], ports: [] }
+// TIMELINE_DUMP=<file>: also appends, per broadcast, every write's time and the client's port (one JSON line)
+const DUMP = process.env.TIMELINE_DUMP
+if (TIMELINE) {
+  const { Socket } = require('node:net')
+  const { _write, _writev } = Socket.prototype
+  Socket.prototype._write = function (data, encoding, cb) {
+    _write.call(this, data, encoding, cb)
+    if (timeline.on && this[STREAM] === true) {
+      timeline.times.push(performance.now() - timeline.t0)
+      if (DUMP) timeline.ports.push(this.remotePort)
+    }
+  }
+  Socket.prototype._writev = function (chunks, cb) {
+    _writev.call(this, chunks, cb)
+    if (timeline.on && this[STREAM] === true) {
+      timeline.times.push(performance.now() - timeline.t0)
+      if (DUMP) timeline.ports.push(this.remotePort)
+    }
+  }
+}
+
 function createControl (contender) {
   const loop = loopWatch(1)
   const coarse = loopWatch(10)
@@ -148,9 +175,17 @@ function createControl (contender) {
       '/health': () => ({ ok: true }),
       '/stats': () => ({ conns: count(), sockets, timers: timers(), ...memory() }),
       '/broadcast': async () => {
+        if (TIMELINE) {
+          for (const res of contender.responses()) if (res.socket) res.socket[STREAM] = true
+          timeline.times = []
+          timeline.ports = []
+          timeline.on = true
+          timeline.switches = process.resourceUsage().involuntaryContextSwitches
+        }
         loop.start()
         cpuAtBroadcast = process.cpuUsage()
         const t0 = performance.now()
+        timeline.t0 = t0
         await contender.broadcast(nextEvent())
         return { syncMs: performance.now() - t0 }
       },
@@ -158,7 +193,28 @@ function createControl (contender) {
       '/loop': () => {
         const cpu = process.cpuUsage(cpuAtBroadcast)
         const block = loop.stop()
-        return { loopMaxMs: block.wall, loopMaxCpuMs: block.cpu, cpuMs: (cpu.user + cpu.system) / 1000 }
+        const out = { loopMaxMs: block.wall, loopMaxCpuMs: block.cpu, cpuMs: (cpu.user + cpu.system) / 1000 }
+        if (TIMELINE) {
+          timeline.on = false
+          const t = timeline.times
+          out.writes = t.length
+          if (t.length > 0) {
+            out.firstWriteMs = t[0]
+            out.medianWriteMs = t[t.length >> 1]
+            out.lastWriteMs = t[t.length - 1]
+            // The longest pause between two socket writes of the broadcast (a sliced fan-out's turns in between)
+            let gap = 0
+            for (let i = 1; i < t.length; i++) if (t[i] - t[i - 1] > gap) gap = t[i] - t[i - 1]
+            out.maxWriteGapMs = gap
+          }
+          out.sysMs = cpu.system / 1000
+          // Involuntary context switches during the broadcast: the server taken off its core (other work, kernel threads)
+          out.involuntarySwitches = process.resourceUsage().involuntaryContextSwitches - timeline.switches
+          if (DUMP) require('node:fs').appendFileSync(DUMP, JSON.stringify({ times: t, ports: timeline.ports }) + '\n')
+          timeline.times = []
+          timeline.ports = []
+        }
+        return out
       },
       '/blast': query => blast(Number(query.ms) || 2000, Number(query.burst) || 1),
       '/ping-round': query => pingWindow(Number(query.ms) || 3000)
