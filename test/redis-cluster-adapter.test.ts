@@ -311,6 +311,62 @@ if (clusterReady(tap)) {
     t.equal(redisAdapter({ client: given }).constructor.name, 'RedisClusterAdapter', 'a Cluster client picks the cluster adapter')
   })
 
+  test('a resharding moves a followed topic\'s slot to another master during publishing: the stream stays open and gets every resolved message once, in order, and so does a resume', async t => {
+    const prefix = uniquePrefix()
+    const a = await instance(t, prefix)
+    const b = await instance(t, prefix)
+    const live = new Client(t, a.url + '/sse?id=mover&topics=room:m', undefined, ['reset'])
+    await until(() => live.opens === 1 && a.app.eventSources.subscribers('room:m').length === 1, 5000, 'the live stream')
+    await sleep(50)
+    const channel = `${prefix}{t:room:m}`
+    const resolved: string[] = []
+    const rejected: string[] = []
+    let moving: Promise<{ from: number, to: number }> | undefined
+    let movedAt = Infinity
+    let resolvedAfter = 0
+    for (let n = 1; n <= 200 || (resolvedAfter === 0 && n <= 2000); n++) {
+      const text = String(n)
+      const startedAt = Date.now()
+      try {
+        await b.app.eventSources.publish(text, { to: n % 3 === 0 ? 'mover' : { topic: 'room:m' } })
+        resolved.push(text)
+        if (startedAt > movedAt && n % 3 !== 0) resolvedAfter++
+      } catch (err) {
+        t.equal((err as { code?: string }).code, 'FST_ERR_SSE_PUBLISH_FAILED', `publish ${n} rejects with the publish error`)
+        rejected.push(text)
+        await sleep(10)
+      }
+      if (n === 60) moving = cluster.moveSlot(channel).then(moved => { movedAt = Date.now(); return moved })
+      if (n % 5 === 0) await sleep(1)
+    }
+    const { from, to } = await (moving as Promise<{ from: number, to: number }>)
+    t.not(from, to, 'the slot moved')
+    t.ok(resolvedAfter > 0, 'publishing to the topic works after the move')
+    t.comment(`${resolved.length} publishes resolved, ${rejected.length} rejected (the slot moved from ${from} to ${to})`)
+    const received = (): string[] => live.events.filter(e => e.type === 'message').map(e => e.data)
+    await until(() => resolved.every(text => received().includes(text)), 10_000, 'every resolved message on the live stream')
+    await sleep(100)
+    const published = new Set([...resolved, ...rejected])
+    t.equal(live.opens, 1, 'the live stream stayed open')
+    t.ok(received().every(text => published.has(text)), 'nothing but what was published')
+    t.equal(new Set(received()).size, received().length, 'each once')
+    t.same(received(), [...received()].sort((x, y) => Number(x) - Number(y)), 'in publish order')
+    const listening = new Redis({ host: '127.0.0.1', port: to, lazyConnect: true })
+    t.teardown(() => listening.disconnect())
+    const reply = await listening.call('PUBSUB', 'SHARDNUMSUB', channel) as [string, number]
+    t.equal(Number(reply[1]), 1, 'the instance listens to the topic on its new master')
+
+    const first = live.events.find(e => e.type === 'message' && e.data === resolved[0])
+    const resumed = await open(t, b.url + '/sse?id=mover&topics=room:m', first?.id)
+    const after = resolved.slice(1)
+    await until(() => after.every(text => data(resumed).includes(text)), 10_000, 'the replay')
+    await sleep(100)
+    t.same(resumed.events.filter(e => e.event === 'reset'), [], 'no gap in the history')
+    t.same(data(resumed).filter(text => published.has(text)), data(resumed), 'the replay holds nothing but what was published')
+    t.equal(new Set(data(resumed)).size, data(resumed).length, 'each once')
+    t.same(data(resumed), [...data(resumed)].sort((x, y) => Number(x) - Number(y)), 'in publish order')
+  })
+
   test('a topic history trimmed past a client\'s id is a gap (the reset event), then what is held', async t => {
     const prefix = uniquePrefix()
     const { app, url } = await instance(t, prefix, { history: { maxLen: 5 } })

@@ -298,15 +298,11 @@ class RedisClusterAdapter implements EventSourceAdapter {
     const [id, seen] = this.#reply(results) as [string, number]
     if (plain && results !== null && results.length > 1 && results[1][1] === 0) throw new Error('no replica acknowledged the write in time')
     if (seen === 1 || plain) return
-    // On the connection to the master of the topic's slot, so that WAIT follows the write it is about.
     const stream = keys.topic(topics[0])
-    const [node, replicas] = this.#master(client, stream)
-    const written = node.eval(APPEND, 1, stream, id, body, this.#maxLen, this.#ttl)
-    const waited = replicas > 0 ? node.call('WAIT', 1, Math.max(1, Math.floor(this.#timeout / 2))) : Promise.resolve(1)
+    let waited: Promise<unknown>
     try {
-      await written
+      ({ waited } = await this.#appendTopic(client, stream, id, body))
     } catch (err) {
-      waited.catch(() => {})
       client.eval(ABORT, 2, keys.pending, key === undefined ? keys.pending : keys.key(key), padded(id), id).catch(() => {})
       throw err
     }
@@ -314,6 +310,28 @@ class RedisClusterAdapter implements EventSourceAdapter {
     // wait a little longer), while the replica catches up.
     client.zrem(keys.pending, padded(id)).catch(() => {})
     if (await waited === 0) throw new Error('no replica acknowledged the write in time')
+  }
+
+  /**
+   * Writes and publishes on the connection to the master of the topic's slot, WAIT right after it on the same
+   * connection; resolves once the write is done, with the WAIT's reply to come. A MOVED reply (the slot moved; the write did not
+   * run) is followed once, the slot map refreshed. An ASK reply is not: the slot is being moved, and a message
+   * published on its new master before the instances subscribe there would reach them after later ones.
+   */
+  async #appendTopic (client: Cluster, stream: string, id: string, body: string): Promise<{ waited: Promise<unknown> }> {
+    for (let attempt = 0; ; attempt++) {
+      const [node, replicas] = this.#master(client, stream)
+      const written = node.eval(APPEND, 1, stream, id, body, this.#maxLen, this.#ttl)
+      const waited = replicas > 0 ? node.call('WAIT', 1, Math.max(1, Math.floor(this.#timeout / 2))) : Promise.resolve(1)
+      try {
+        await written
+        return { waited }
+      } catch (err) {
+        waited.catch(() => {})
+        if (attempt > 0 || !/^MOVED /.test((err as Error).message)) throw err
+        await this.#refreshSlots()
+      }
+    }
   }
 
   /** The connection to the master serving the key's slot, and how many replicas the slot map gives it. */
@@ -513,6 +531,9 @@ class RedisClusterAdapter implements EventSourceAdapter {
       this.#host?.log.warn({ channels: channels.length }, 'fastify-event-sources: a Redis Cluster shard is still unreachable; delivering the other shards\' messages')
       resume()
     }, Math.max(this.#timeout, FAILOVER_WAIT))
+    // Where each channel's read starts is taken now: once subscribed, a live message moves its cursor past what the
+    // channel missed meanwhile.
+    const cursors = new Map(channels.map(channel => [channel, channel.cursor]))
     const run = async (): Promise<void> => {
       for (let attempt = 0; !this.#closed; attempt++) {
         const wanted = channels.filter(channel => this.#channels.get(channel.name) === channel)
@@ -524,9 +545,10 @@ class RedisClusterAdapter implements EventSourceAdapter {
             await Promise.all(wanted.map(async channel => {
               if (channel.stream === undefined) return
               // Live messages may come in meanwhile: the read is deduplicated by id, not by position.
-              const known = channel.cursor !== undefined
+              const cursor = cursors.get(channel)
+              const known = cursor !== undefined
               const opened = known ? undefined : channel.opened
-              const start = channel.cursor ?? (opened !== undefined && isAfter(opened, from) ? before(opened) : from)
+              const start = cursor ?? (opened !== undefined && isAfter(opened, from) ? before(opened) : from)
               const read = await this.#bounded(history.readStream(channel.stream, start, channel.topicStream))
               if (read.gap && known) this.#gap(start)
               for (const entry of read.entries) {
@@ -609,6 +631,14 @@ class RedisClusterAdapter implements EventSourceAdapter {
     connection.on('error', (err: Error) => this.#host?.log.debug({ err, node: key }, 'fastify-event-sources: Redis Cluster subscriber error'))
     connection.on('smessage', (name: string, payload: string) => this.#onMessage(name, payload))
     connection.on('end', () => this.#lost(shard))
+    // The server dropped channels whose slot moved to another master (a resharding): every channel of this connection
+    // is placed again by the slot map, and what they missed is read from the streams.
+    connection.on('moved', () => {
+      if (shard.retired || this.#closed) return
+      this.#host?.log.info({ node: key }, 'fastify-event-sources: a Redis Cluster slot moved; subscribing again where it is served')
+      this.#lost(shard)
+      connection.disconnect()
+    })
     // A subscribe still in flight when the adapter closed would otherwise leave this connection open.
     if (this.#closed) this.#retire(shard)
     return shard
