@@ -154,3 +154,18 @@ export async function stored (redis: Redis, prefix: string, stream = 'stream'): 
   const entries = await redis.xrange(prefix + stream, '-', '+')
   return entries.map(([id, fields]) => [id, (JSON.parse(fields[1]) as { data: string }).data])
 }
+
+/**
+ * Waits (10 s at most) until `received()` holds every message of `expected`, then checks that it holds nothing but
+ * what was published, each once, in publish order (each message's text is its publish number).
+ */
+export async function everyOnceInOrder (t: Test, received: () => string[], expected: string[], published: Set<string>, what: string): Promise<void> {
+  const deadline = Date.now() + 10_000
+  const all = (): boolean => expected.every(text => received().includes(text))
+  while (!all() && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
+  t.ok(all(), `${what}: every resolved message`)
+  await new Promise(resolve => setTimeout(resolve, 100))
+  t.ok(received().every(text => published.has(text)), `${what}: nothing but what was published`)
+  t.equal(new Set(received()).size, received().length, `${what}: each once`)
+  t.same(received(), [...received()].sort((x, y) => Number(x) - Number(y)), `${what}: in publish order`)
+}
