@@ -277,6 +277,7 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
 
     reply.hijack()
     const source = new EventSource(this.#ctx, request, reply, identifier, key, this.#lastEventId(request))
+    if (source.lastEventId === undefined || source.lastEventId === '') source._position = parsePosition(this.#settings.adapter.startPosition?.())
     this.#open.add(source)
     this.#presence.listener?.streams()
     this.#metrics.open(source)

@@ -3,7 +3,8 @@ import { randomBytes } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import { Cluster, Redis } from 'ioredis'
 import redisAdapter from '../lib/adapters/redis'
-import { slotOf } from '../lib/history/redis-cluster-streams'
+import { closeCluster } from '../lib/adapters/coordination'
+import { padded, slotOf } from '../lib/history/redis-cluster-streams'
 import type { RedisClusterAdapterOptions } from '../types/redis'
 import type { PublishTarget, TopicTarget } from '../types/index'
 import { prng, sleep } from './helpers/clients'
@@ -57,9 +58,9 @@ if (clusterReady(tap)) {
   }
 
   function commands (t: Test): Cluster {
-    const client = new Cluster(cluster.startupNodes, { slotsRefreshInterval: 1000 })
+    const client = new Cluster(cluster.startupNodes, { slotsRefreshInterval: 1000, lazyConnect: true })
     client.on('error', () => {})
-    t.teardown(() => client.disconnect())
+    t.teardown(async () => closeCluster(client, 2000))
     return client
   }
 
@@ -355,6 +356,29 @@ if (clusterReady(tap)) {
     const resumed = await open(t, b.url + '/sse?id=mover&topics=room:m', first?.id)
     await everyOnceInOrder(t, () => data(resumed), resolved.slice(1), published, 'the replay')
     t.same(resumed.events.filter(e => e.event === 'reset'), [], 'no gap in the history')
+  })
+
+  // Regression: a new route read its streams only from the time its first source opened, and the replay stops below
+  // the oldest publish still in flight: a stream resuming on a quiet instance lost what lay between.
+  test('a stream resuming on a quiet instance while an older publish is still in flight gets every message after its id, once, in order', async t => {
+    const prefix = uniquePrefix()
+    const a = await instance(t, prefix, { publishTimeout: 1000 })
+    const b = await instance(t, prefix, { publishTimeout: 1000 })
+    const first = await open(t, a.url + '/sse?topics=room:q')
+    await until(() => a.app.eventSources.subscribers('room:q').length === 1, 5000, 'the first stream')
+    await a.app.eventSources.publish('q0', { to: { topic: 'room:q' } })
+    await until(() => first.events.length === 1, 5000, 'q0')
+    // A publisher that took an id and has not written it yet: the sequencer's watermark stays below it (2 s at most).
+    const redis = commands(t)
+    const [seconds, micros] = await redis.time() as [number, number]
+    const stuck = `${Number(seconds) * 1000 + Math.floor(Number(micros) / 1000)}-0`
+    await redis.zadd(`{${prefix}}pending`, stuck.split('-')[0], padded(stuck))
+    for (let n = 1; n <= 5; n++) await a.app.eventSources.publish(`q${n}`, { to: { topic: 'room:q' } })
+    await sleep(300)
+    const resumed = await open(t, b.url + '/sse?topics=room:q', first.events[0].id)
+    await until(() => resumed.events.length >= 5, 10_000, 'q1 to q5 on the quiet instance')
+    await sleep(100)
+    t.same(data(resumed), ['q1', 'q2', 'q3', 'q4', 'q5'], 'every message after its id, once, in order, and no reset')
   })
 
   test('a topic history trimmed past a client\'s id is a gap (the reset event), then what is held', async t => {

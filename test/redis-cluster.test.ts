@@ -1,6 +1,7 @@
 import tap, { test } from 'tap'
 import { Cluster } from 'ioredis'
 import { clusterReady, startCluster } from './fixtures/redis-cluster'
+import { closeCluster } from '../lib/adapters/coordination'
 
 /** A key (and a sharded channel) per master: hash tags chosen so that the three land on three shards. */
 async function onEachShard (masterOf: (key: string) => Promise<number>): Promise<string[]> {
@@ -26,7 +27,7 @@ if (clusterReady(tap)) {
     const publisher = new Cluster(cluster.startupNodes, options)
     const subscriber = new Cluster(cluster.startupNodes, options)
     for (const client of [publisher, subscriber]) client.on('error', () => {})
-    t.teardown(() => { publisher.disconnect(); subscriber.disconnect() })
+    t.teardown(async () => { await Promise.all([publisher, subscriber].map(async client => closeCluster(client, 2000))) })
 
     const channels = await onEachShard(key => cluster.masterOf(key))
     t.equal(new Set(await Promise.all(channels.map(channel => cluster.masterOf(channel)))).size, 3, 'one channel on each master')

@@ -596,6 +596,12 @@ declare namespace fastifyEventSources {
     replay (lastEventId: string, identifier: string | undefined, topics?: readonly Topic[]): Promise<ReplayResult>
     claim? (identifier: string, openedAt: number): void
     /**
+     * The position a stream opening now without `Last-Event-ID` starts after: live messages at or before it reach it
+     * no more. For an adapter that may deliver, just after a stream opens, messages published before (one that reads
+     * a new subscription's window from its history). Without it, a new stream takes every live message.
+     */
+    startPosition? (): string | undefined
+    /**
      * Carries a subscribe or unsubscribe to every instance, this one included (`host.control`). Without it,
      * `eventSources.subscribe()` applies to this instance only.
      */

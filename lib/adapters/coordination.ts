@@ -48,6 +48,24 @@ export async function ready (connection: Redis | Cluster, ms: number): Promise<v
   })
 }
 
+/**
+ * Closes a Cluster client for good. ioredis re-arms the slot-map refresh timer when a refresh in flight ends, or a
+ * ready check passes, after the client was closed; the client then refreshes an empty pool every interval and keeps
+ * the process alive for ever. So: wait (at most `ms`) for a refresh in flight, quit, and clear the timer again.
+ */
+export async function closeCluster (cluster: Cluster, ms: number): Promise<void> {
+  const internals = cluster as unknown as { isRefreshing: boolean, clearNodesRefreshInterval: () => void }
+  const deadline = Date.now() + ms
+  while (internals.isRefreshing && Date.now() < deadline) await sleep(10)
+  try {
+    if (cluster.status === 'ready') await bounded(cluster.quit(), ms)
+    else cluster.disconnect()
+  } catch {
+    cluster.disconnect()
+  }
+  internals.clearNodesRefreshInterval()
+}
+
 /** A user's client may queue commands while Redis is away: never wait longer than `ms`. */
 export async function bounded<T> (operation: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined

@@ -3,8 +3,8 @@ import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
 import { encode } from '../history/redis-streams'
 import {
-  ABORT, APPEND, PUBLISH_MANY, RedisClusterHistory, SEQUENCE, WATERMARK_COUNT, before, clusterKeys, compareIds, completeBelow, decodePayload, padded, slotOf,
-  type ClusterEntry, type ClusterKeys, type Watermark
+  ABORT, APPEND, PUBLISH_MANY, RedisClusterHistory, SEQUENCE, clusterKeys, completeBelow, decodePayload, padded, slotOf,
+  type ClusterEntry, type ClusterKeys
 } from '../history/redis-cluster-streams'
 import { isAfter } from '../position'
 import { topicsOf } from '../target'
@@ -13,7 +13,8 @@ import { PRESENCE_DEFAULTS, RedisPresence, type PresenceSettings } from './redis
 import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
 import type { RedisClusterAdapterOptions } from '../../types/redis'
-import { CLOCK_MARGIN, Claims, applyControl, bounded, controlPayload, fail, positive, ready, sleep } from './coordination'
+import { InOrder } from './cluster-order'
+import { CLOCK_MARGIN, Claims, applyControl, bounded, controlPayload, fail, positive, ready, closeCluster, sleep } from './coordination'
 
 /** Deliveries wait at least this long (ms) for a lost shard's channels to be subscribed again (a failover takes 1 to 3 s). */
 const FAILOVER_WAIT = 5000
@@ -29,8 +30,6 @@ interface Channel {
   topicStream: boolean
   /** What of its stream the channel carries (undefined: all of it). */
   keep: ((message: PublishedMessage) => boolean) | undefined
-  /** For a new route's channel: ids at or before it were sequenced before its first source opened, and are not read. */
-  opened: string | undefined
   /** The last stream position seen from it: a catch-up reads after it. */
   cursor: string | undefined
   shard: Shard | undefined
@@ -49,11 +48,6 @@ interface Shard {
   connection: Redis
   channels: Set<Channel>
   retired: boolean
-}
-
-interface Held {
-  message: PublishedMessage
-  id: string
 }
 
 /**
@@ -96,16 +90,8 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #channels = new Map<string, Channel>()
   #routes = new Map<string, Route>()
   #shards = new Map<string, Shard>()
-  /** Received and not yet delivered, in id order. */
-  #held: Held[] = []
-  #heldIds = new Set<string>()
-  /** The last id delivered here. */
-  #released = '0-0'
-  /** Every id at or below it is written wherever it goes (from the last watermark read). */
-  #known = '0-0'
-  #pumping = false
-  /** Deliveries stop while a new subscription or a lost shard is being read up to date. */
-  #pauses = 0
+  /** With history: delivery in id order. */
+  #order: InOrder | undefined
   /** Topic channels to subscribe at the next microtask, gathered. */
   #toSubscribe = new Set<Channel>()
   #lingerTimer: NodeJS.Timeout | undefined
@@ -113,8 +99,13 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #down = false
   /** ms the sequencer's clock is ahead of this process's. */
   #skew = 0
-  /** How far (ms) before its estimated open a new route reads: the clock margin and the round trip of the estimate. */
+  /** How far (ms) before the sequencer's estimated time a new stream starts: the clock margin and the estimate's round trip. */
   #margin = CLOCK_MARGIN
+
+  /** The last id delivered here. */
+  get #released (): string {
+    return this.#order?.released ?? '0-0'
+  }
 
   constructor (options: RedisClusterAdapterOptions = {}) {
     if (typeof options !== 'object' || options === null) fail('redisAdapter', 'options must be an object')
@@ -174,7 +165,10 @@ class RedisClusterAdapter implements EventSourceAdapter {
     const client = user ?? this.#own(new Cluster(this.#nodes ?? [], CLUSTER_OPTIONS))
     this.#client = client
     this.#claims = new Claims(host, this.#instance, () => client.status === 'ready', payload => client.spublish(this.claimChannel, payload))
-    if (this.hasHistory) this.#history = new RedisClusterHistory(client, this.keys, this.#ttl, this.#timeout * 2)
+    if (this.hasHistory) {
+      this.#history = new RedisClusterHistory(client, this.keys, this.#ttl, this.#timeout * 2)
+      this.#order = new InOrder(host, this.#history, async () => this.#barrier(), this.#timeout)
+    }
     let lastError: Error | undefined
     const record = (err: Error): void => { lastError = err }
     client.on('error', record)
@@ -188,12 +182,12 @@ class RedisClusterAdapter implements EventSourceAdapter {
         this.#skew = Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000) - Math.round((asked + answered) / 2)
         this.#margin = CLOCK_MARGIN + answered - asked
         const mark = await this.#bounded(this.#history.watermark())
-        this.#released = this.#known = completeBelow(mark)
+        this.#order?.start(completeBelow(mark))
       }
       // The plain stream also holds the messages to identifiers, which travel on their own channels.
       const everyone = (message: PublishedMessage): boolean => typeof message.to !== 'string'
       for (const [name, stream, keep] of [[this.messageChannel, this.keys.plain, everyone], [this.claimChannel, undefined, undefined], [this.controlChannel, undefined, undefined]] as const) {
-        this.#channels.set(name, { name, stream: this.hasHistory ? stream : undefined, topicStream: false, keep, opened: undefined, cursor: undefined, shard: undefined })
+        this.#channels.set(name, { name, stream: this.hasHistory ? stream : undefined, topicStream: false, keep, cursor: undefined, shard: undefined })
       }
       await this.#bounded(this.#subscribe([...this.#channels.values()]))
       // A connection to every master now: a topic's first follower then waits for one SSUBSCRIBE, not a connect.
@@ -373,6 +367,15 @@ class RedisClusterAdapter implements EventSourceAdapter {
     }
   }
 
+  /**
+   * A new route reads its streams from the last id delivered here, which may be long ago on a quiet instance (a
+   * stream resuming with Last-Event-ID needs all of it): a stream opening without one starts at the sequencer's time,
+   * less the margin.
+   */
+  startPosition (): string | undefined {
+    return this.#history === undefined ? undefined : `${Date.now() + this.#skew - this.#margin}-0`
+  }
+
   claim (identifier: string, openedAt: number): void {
     if (this.#client === undefined || this.#closed) return
     this.#claims?.announce([[identifier, openedAt]])
@@ -396,6 +399,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     this.#host?.presence.watch(undefined)
     await this.#presence?.close()
     this.#closed = true
+    this.#order?.close()
     clearInterval(this.#lingerTimer)
     await Promise.race([Promise.allSettled([...this.#inFlight]), sleep(this.#timeout)])
     for (const shard of this.#shards.values()) this.#retire(shard)
@@ -403,6 +407,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     const owned = this.#owned
     this.#owned = []
     await Promise.all(owned.map(async connection => {
+      if (connection instanceof Cluster) return closeCluster(connection, this.#timeout)
       if (connection.status === 'ready') {
         try {
           await this.#bounded(connection.quit())
@@ -460,10 +465,8 @@ class RedisClusterAdapter implements EventSourceAdapter {
     const keys = this.keys
     const history = this.hasHistory
     const name = key.slice(2)
-    // What was sequenced before the route's first source opened (by the sequencer's clock, less the margin) is not read.
-    const opened = history ? `${Date.now() + this.#skew - this.#margin}-0` : undefined
     const channel = (channel: string, stream: string, topicStream: boolean, keep: Channel['keep']): Channel =>
-      ({ name: channel, stream: history ? stream : undefined, topicStream, keep, opened, cursor: undefined, shard: undefined })
+      ({ name: channel, stream: history ? stream : undefined, topicStream, keep, cursor: undefined, shard: undefined })
     if (key.startsWith('i:')) return [channel(keys.identifier(name), keys.plain, false, message => message.to === name)]
     return [
       channel(keys.topic(name), keys.topic(name), true, undefined),
@@ -518,14 +521,10 @@ class RedisClusterAdapter implements EventSourceAdapter {
    * turn is then a gap.
    */
   #catchUp (channels: Channel[], from: string, lost: boolean): void {
-    this.#pauses++
-    let paused = true
+    const release = this.#order?.pause()
     const resume = (): void => {
-      if (!paused) return
-      paused = false
       clearTimeout(timer)
-      this.#pauses--
-      this.#pump()
+      release?.()
     }
     const timer = setTimeout(() => {
       this.#host?.log.warn({ channels: channels.length }, 'fastify-event-sources: a Redis Cluster shard is still unreachable; delivering the other shards\' messages')
@@ -541,21 +540,20 @@ class RedisClusterAdapter implements EventSourceAdapter {
           if (attempt > 0 || lost) await this.#refreshSlots()
           await this.#bounded(this.#subscribe(wanted.filter(channel => channel.shard === undefined)))
           const history = this.#history
-          if (history !== undefined) {
+          const order = this.#order
+          if (history !== undefined && order !== undefined) {
             await Promise.all(wanted.map(async channel => {
               if (channel.stream === undefined) return
               // Live messages may come in meanwhile: the read is deduplicated by id, not by position.
               const cursor = cursors.get(channel)
               const known = cursor !== undefined
-              const opened = known ? undefined : channel.opened
-              const start = cursor ?? (opened !== undefined && isAfter(opened, from) ? before(opened) : from)
+              const start = cursor ?? from
               const read = await this.#bounded(history.readStream(channel.stream, start, channel.topicStream))
-              if (read.gap && known) this.#gap(start)
+              if (read.gap && known) order.gap(start)
               for (const entry of read.entries) {
                 if (channel.cursor === undefined || isAfter(entry.pos, channel.cursor)) channel.cursor = entry.pos
                 if (channel.keep !== undefined && !channel.keep(entry.message)) continue
-                if (opened !== undefined && isAfter(opened, entry.message.id as string)) continue
-                this.#absorb(entry, known)
+                order.absorb(entry, known)
               }
               // Read up to here: a message on this channel that comes after its turn from now on was missed.
               channel.cursor ??= start
@@ -660,7 +658,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     this.#catchUp(channels, this.#released, true)
   }
 
-  // Delivery in id order.
+  // Messages.
 
   #onMessage (name: string, payload: string): void {
     const host = this.#host
@@ -675,14 +673,15 @@ class RedisClusterAdapter implements EventSourceAdapter {
       host.log.warn({ err, channel: name }, 'fastify-event-sources: ignored a malformed message from Redis')
       return
     }
-    if (this.#history === undefined) {
+    const order = this.#order
+    if (order === undefined) {
       if (this.#first(entry.message, name)) host.deliver(entry.message)
       return
     }
     if (channel.cursor !== undefined && !isAfter(entry.pos, channel.cursor)) return
     const known = channel.cursor !== undefined
     channel.cursor = entry.pos
-    this.#absorb(entry, known)
+    order.absorb(entry, known)
   }
 
   /**
@@ -699,115 +698,11 @@ class RedisClusterAdapter implements EventSourceAdapter {
     return true
   }
 
-  /**
-   * A message from a channel or read from its stream: held for its turn, once. `missed`: if its turn is past, it
-   * was missed here (not merely older than a new subscription).
-   */
-  #absorb (entry: ClusterEntry, missed: boolean): void {
-    const message = entry.message
-    const id = message.id as string
-    if (!isAfter(id, this.#released)) {
-      // A message to several topics comes once per topic; anything else this late missed its turn here.
-      const topics = topicsOf(message.to)
-      if (missed && (topics === undefined || topics.length < 2)) this.#late(message)
-      return
-    }
-    if (this.#heldIds.has(id)) return
-    this.#heldIds.add(id)
-    const held = this.#held
-    let at = held.length
-    while (at > 0 && isAfter(held[at - 1].id, id)) at--
-    held.splice(at, 0, { message, id })
-    this.#pump()
-  }
-
-  /** Sources that can still take it get it; every source hears of the gap. */
-  #late (message: PublishedMessage): void {
-    const host = this.#host as AdapterHost
-    host.log.warn({ id: message.id, delivered: this.#released }, 'fastify-event-sources: a message reached this instance after later ones; reporting a gap')
-    host.deliver(message)
-    host.gap(this.#released, message.id)
-  }
-
-  #gap (from: string): void {
-    const host = this.#host as AdapterHost
-    host.log.warn({ lastId: from }, 'fastify-event-sources: the history no longer holds what was missed; reporting a gap')
-    host.gap(this.#released, from)
-  }
-
-  /** Delivers what is held, in id order, as far as the watermark allows; one loop at a time. */
-  #pump (): void {
-    if (this.#pumping || this.#pauses > 0 || this.#held.length === 0 || this.#closed) return
-    this.#pumping = true
-    this.#runPump().finally(() => {
-      this.#pumping = false
-      if (this.#held.length > 0 && this.#pauses === 0 && !this.#closed) this.#pump()
-    }).catch(() => {})
-  }
-
-  async #runPump (): Promise<void> {
-    const history = this.#history as RedisClusterHistory
-    while (this.#held.length > 0 && this.#pauses === 0 && !this.#closed) {
-      if (this.#release(undefined)) continue
-      let mark: Watermark
-      try {
-        mark = await this.#bounded(history.watermark())
-      } catch (err) {
-        this.#host?.log.debug({ err }, 'fastify-event-sources: could not read the Redis Cluster watermark; retrying')
-        await sleep(100)
-        continue
-      }
-      if (this.#pauses > 0) return
-      // A write the watermark counts as complete was published on its shard before the watermark was read, but its
-      // message may still be on its way over that shard's connection: a PING sent now is answered after it.
-      try {
-        await this.#bounded(this.#barrier())
-      } catch (err) {
-        this.#host?.log.debug({ err }, 'fastify-event-sources: a Redis Cluster shard did not answer; retrying')
-        await sleep(100)
-        continue
-      }
-      if (this.#pauses > 0) return
-      const known = completeBelow(mark)
-      if (isAfter(known, this.#known)) this.#known = known
-      if (!this.#release(mark)) await sleep(1)
-    }
-  }
-
   /** Resolves once every shard connection with a subscription has sent all it had before this call. */
   async #barrier (): Promise<unknown> {
     const pings: Promise<unknown>[] = []
     for (const shard of this.#shards.values()) if (!shard.retired && shard.channels.size > 0) pings.push(shard.connection.ping())
     return Promise.all(pings)
-  }
-
-  /**
-   * Delivers held messages in order while each is known complete, or (with a watermark read) every id handed out
-   * below it is complete or held here: a held message was written, at least to the stream it came from.
-   */
-  #release (mark: Watermark | undefined): boolean {
-    const host = this.#host as AdapterHost
-    const held = this.#held
-    const pending = mark?.pending ?? []
-    let p = 0
-    let n = 0
-    for (; n < held.length; n++) {
-      const id = held[n].id
-      if (isAfter(id, this.#known)) {
-        if (mark === undefined || isAfter(id, mark.last)) break
-        while (p < pending.length && compareIds(pending[p], id) < 0 && this.#heldIds.has(pending[p])) p++
-        if (p < pending.length && compareIds(pending[p], id) < 0) break
-        if (p === pending.length && pending.length === WATERMARK_COUNT && isAfter(id, pending[p - 1])) break
-      }
-    }
-    if (n === 0) return false
-    const out = held.splice(0, n)
-    for (const { message, id } of out) {
-      this.#heldIds.delete(id)
-      this.#released = id
-      host.deliver(message)
-    }
-    return true
   }
 
   // Control, on the sequencer's slot.
