@@ -238,4 +238,5 @@ test('publish with an idempotency key; the adapter seam carries it and positions
   expect<ReturnType<AdapterHost['identified']>>().type.toBe<[identifier: string, openedAt: number][]>()
   expect<Parameters<EventSourceAdapter['publish']>[1]>().type.toBe<AdapterPublishOptions | undefined>()
   expect<AdapterPublishOptions>().type.not.toBeAssignableFrom({ key: null })
+  expect<EventSourceAdapter['startPosition']>().type.toBe<(() => string | undefined) | undefined>()
 })
