@@ -14,6 +14,8 @@ import type { AdapterHost, ControlMessage } from './adapter'
  * this instance's clock: what was published to it within that margin before it opened may reach it too.
  */
 export const CLOCK_MARGIN = 50
+/** How old (ms) an estimate of Redis's clock may get before it is measured again, when it is next needed. */
+export const CLOCK_AGE = 10_000
 
 export function fail (name: string, why: string): never {
   throw new FST_ERR_SSE_INVALID_OPTION(name, why)

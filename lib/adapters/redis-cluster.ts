@@ -14,7 +14,7 @@ import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
 import type { RedisClusterAdapterOptions } from '../../types/redis'
 import { InOrder } from './cluster-order'
-import { CLOCK_MARGIN, Claims, applyControl, bounded, controlPayload, fail, positive, ready, closeCluster, sleep } from './coordination'
+import { CLOCK_AGE, CLOCK_MARGIN, Claims, applyControl, bounded, controlPayload, fail, positive, ready, closeCluster, sleep } from './coordination'
 
 /** Deliveries wait at least this long (ms) for a lost shard's channels to be subscribed again (a failover takes 1 to 3 s). */
 const FAILOVER_WAIT = 5000
@@ -101,6 +101,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #skew = 0
   /** How far (ms) before the sequencer's estimated time a new stream starts: the clock margin and the estimate's round trip. */
   #margin = CLOCK_MARGIN
+  #clockAt = -Infinity
 
   /** The last id delivered here. */
   get #released (): string {
@@ -175,12 +176,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     try {
       await this.#ready(client)
       if (this.#history !== undefined) {
-        // The sequencer's clock against this one's: publish deadlines are written in the sequencer's time.
-        const asked = Date.now()
-        const time = this.#reply(await this.#bounded(client.pipeline().exists(this.keys.seq).time().exec()), 1) as [string, string]
-        const answered = Date.now()
-        this.#skew = Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000) - Math.round((asked + answered) / 2)
-        this.#margin = CLOCK_MARGIN + answered - asked
+        await this.#clock(client)
         const mark = await this.#bounded(this.#history.watermark())
         this.#order?.start(completeBelow(mark))
       }
@@ -373,7 +369,23 @@ class RedisClusterAdapter implements EventSourceAdapter {
    * less the margin.
    */
   startPosition (): string | undefined {
-    return this.#history === undefined ? undefined : `${Date.now() + this.#skew - this.#margin}-0`
+    if (this.#history === undefined) return undefined
+    // Clocks drift: measured again when a stream opens and the last estimate is older than CLOCK_AGE.
+    if (Date.now() - this.#clockAt > CLOCK_AGE && this.#client !== undefined && !this.#closed) {
+      this.#clockAt = Date.now()
+      this.#clock(this.#client).catch(() => {})
+    }
+    return `${Date.now() + this.#skew - this.#margin}-0`
+  }
+
+  /** The sequencer's clock against this one's (publish deadlines and new streams' start are in the sequencer's time). */
+  async #clock (client: Cluster): Promise<void> {
+    const asked = Date.now()
+    const time = this.#reply(await this.#bounded(client.pipeline().exists(this.keys.seq).time().exec()), 1) as [string, string]
+    const answered = Date.now()
+    this.#skew = Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000) - Math.round((asked + answered) / 2)
+    this.#margin = CLOCK_MARGIN + answered - asked
+    this.#clockAt = answered
   }
 
   claim (identifier: string, openedAt: number): void {

@@ -2,7 +2,7 @@ import type { Redis } from 'ioredis'
 import { PAGE, decode, decodeEntries, type RedisStreamsHistory } from '../history/redis-streams'
 import { isAfter } from '../position'
 import type { AdapterHost, PublishedMessage } from './adapter'
-import { CLOCK_MARGIN, bounded, sleep, type Claims } from './coordination'
+import { CLOCK_AGE, CLOCK_MARGIN, bounded, sleep, type Claims } from './coordination'
 import type { Routes } from './routes'
 
 /** Live messages held back during a catch-up, at most: past it they are dropped and read from the stream again. */
@@ -17,8 +17,6 @@ const READ_ATTEMPTS = 8
  * command per batch instead of one per connection.
  */
 const ROUTE_BATCH = 5
-/** How old the estimate of Redis's clock may get before it is measured again (when a new route needs it). */
-const CLOCK_AGE = 10_000
 
 export interface DeliverySetup {
   host: AdapterHost
