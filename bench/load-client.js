@@ -183,6 +183,7 @@ async function oneBroadcast (timeoutMs) {
     out.writes = loop.writes
     out.firstWriteMs = loop.firstWriteMs
     out.medianWriteMs = loop.medianWriteMs
+    out.medianWriteCpuMs = loop.medianWriteCpuMs
     out.lastWriteMs = loop.lastWriteMs
     out.maxWriteGapMs = loop.maxWriteGapMs
     out.serverSysMs = loop.sysMs
@@ -222,6 +223,7 @@ function timelineOf (results) {
     serverLoopEndMs: pick('syncMs'),
     serverFirstWriteMs: pick('firstWriteMs'),
     serverMedianWriteMs: pick('medianWriteMs'),
+    serverMedianWriteCpuMs: pick('medianWriteCpuMs'),
     serverLastWriteMs: pick('lastWriteMs'),
     serverWrites: pick('writes'),
     clientFirstMs: pick('first'),

@@ -263,11 +263,11 @@ function markdown ({ summary, plan, date, runs, versions, machine, contenders, c
 function timelineTables (runs, plan, contenders) {
   const ok = runs.filter(r => r.error === undefined && r.mode === 'main' && r.fanout?.timeline)
   const f = x => x === undefined ? 'n/a' : String(Math.round(x * 10) / 10)
-  const lines = ['### Timeline of one broadcast', '', 'Medians over the passes of the per-run medians, ms from the event\'s creation on the server\'s clock. Server writes: the socket writes that handed the event to the kernel (first, median, last socket). Client arrivals: first, median (p50) and last. Server loop end: when the call that broadcast returned. CPU per broadcast: user + system, from the broadcast request to the last arrival. Client GC: its GC pauses per broadcast. Involuntary switches: per broadcast, the times the process was taken off its core (other work, kernel threads).', '']
+  const lines = ['### Timeline of one broadcast', '', 'Medians over the passes of the per-run medians, ms from the event\'s creation on the server\'s clock. Server writes: the socket writes that handed the event to the kernel (first, median, last socket). Server CPU to its median write: user + system time from the broadcast request to the median socket\'s write (other processes taking the core do not add to it). Client arrivals: first, median (p50) and last. Server loop end: when the call that broadcast returned. CPU per broadcast: user + system, from the broadcast request to the last arrival. Client GC: its GC pauses per broadcast. Involuntary switches: per broadcast, the times the process was taken off its core (other work, kernel threads).', '']
   const loads = ok.map(r => r.load).filter(x => x !== undefined)
   if (loads.length) lines.push(`Load average (1 min) at the start of the runs: ${f(Math.min(...loads))} to ${f(Math.max(...loads))}.`, '')
   for (const n of plan.ns) {
-    lines.push(`N = ${n.toLocaleString('en-US')}:`, '', '| contender | client p50 (× plain) | server\'s median write (× plain) | client median − server median write | server writes: first / median / last | client arrivals: first / median / last | server loop end | longest pause between writes | server CPU (system) | client CPU (system) | client CPU per socket, µs | client CPU / last arrival | client GC | involuntary switches, server / client |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+    lines.push(`N = ${n.toLocaleString('en-US')}:`, '', '| contender | client p50 (× plain) | server\'s median write (× plain) | client median − server median write | server CPU to its median write (× plain) | server writes: first / median / last | client arrivals: first / median / last | server loop end | longest pause between writes | server CPU (system) | client CPU (system) | client CPU per socket, µs | client CPU / last arrival | client GC | involuntary switches, server / client |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
     for (const c of contenders) {
       const mine = ok.filter(r => r.contender === c.id && r.n === n)
       if (mine.length === 0) continue
@@ -279,9 +279,10 @@ function timelineTables (runs, plan, contenders) {
       const x = r => r === undefined ? '' : ` (${r.toFixed(2)}×)`
       const p50 = ratioOf(r => r.fanout.p50ms)
       const write = ratioOf(r => r.fanout.timeline.serverMedianWriteMs)
+      const cpuToMedian = ratioOf(r => r.fanout.timeline.serverMedianWriteCpuMs)
       const lag = median(mine.map(r => r.fanout.timeline.clientMedianMs - r.fanout.timeline.serverMedianWriteMs))
       const share = median(mine.map(r => r.fanout.timeline.clientCpuMs / r.fanout.timeline.clientLastMs))
-      lines.push(`| ${c.id} | ${f(m('clientMedianMs'))}${x(p50)} | ${f(m('serverMedianWriteMs'))}${x(write)} | ${f(lag)} | ${f(m('serverFirstWriteMs'))} / ${f(m('serverMedianWriteMs'))} / ${f(m('serverLastWriteMs'))} | ${f(m('clientFirstMs'))} / ${f(m('clientMedianMs'))} / ${f(m('clientLastMs'))} | ${f(m('serverLoopEndMs'))} | ${f(m('serverMaxWriteGapMs'))} | ${f(m('serverCpuMs'))} (${f(m('serverSysMs'))}) | ${f(m('clientCpuMs'))} (${f(m('clientSysMs'))}) | ${f(m('clientCpuMs') * 1000 / n)} | ${share === undefined ? 'n/a' : share.toFixed(2)} | ${f(m('clientGcMs'))} | ${f(m('serverSwitches'))} / ${f(m('clientSwitches'))} |`)
+      lines.push(`| ${c.id} | ${f(m('clientMedianMs'))}${x(p50)} | ${f(m('serverMedianWriteMs'))}${x(write)} | ${f(lag)} | ${f(m('serverMedianWriteCpuMs'))}${x(cpuToMedian)} | ${f(m('serverFirstWriteMs'))} / ${f(m('serverMedianWriteMs'))} / ${f(m('serverLastWriteMs'))} | ${f(m('clientFirstMs'))} / ${f(m('clientMedianMs'))} / ${f(m('clientLastMs'))} | ${f(m('serverLoopEndMs'))} | ${f(m('serverMaxWriteGapMs'))} | ${f(m('serverCpuMs'))} (${f(m('serverSysMs'))}) | ${f(m('clientCpuMs'))} (${f(m('clientSysMs'))}) | ${f(m('clientCpuMs') * 1000 / n)} | ${share === undefined ? 'n/a' : share.toFixed(2)} | ${f(m('clientGcMs'))} | ${f(m('serverSwitches'))} / ${f(m('clientSwitches'))} |`)
     }
     lines.push('')
   }

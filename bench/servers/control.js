@@ -111,18 +111,18 @@ if (TIMELINE) {
   const { _write, _writev } = Socket.prototype
   Socket.prototype._write = function (data, encoding, cb) {
     _write.call(this, data, encoding, cb)
-    if (timeline.on && this[STREAM] === true) {
-      timeline.times.push(performance.now() - timeline.t0)
-      if (DUMP) timeline.ports.push(this.remotePort)
-    }
+    if (timeline.on && this[STREAM] === true) stamp(this)
   }
   Socket.prototype._writev = function (chunks, cb) {
     _writev.call(this, chunks, cb)
-    if (timeline.on && this[STREAM] === true) {
-      timeline.times.push(performance.now() - timeline.t0)
-      if (DUMP) timeline.ports.push(this.remotePort)
-    }
+    if (timeline.on && this[STREAM] === true) stamp(this)
   }
+}
+// The CPU time (user + system) the server had spent when its median socket got the bytes: unlike the clock, other
+// processes taking the core do not add to it. One cpuUsage() call per broadcast, at that write.
+function stamp (socket) {
+  if (timeline.times.push(performance.now() - timeline.t0) === timeline.half + 1) timeline.halfCpu = process.cpuUsage(timeline.cpu0)
+  if (DUMP) timeline.ports.push(socket.remotePort)
 }
 
 function createControl (contender) {
@@ -176,7 +176,15 @@ function createControl (contender) {
       '/stats': () => ({ conns: count(), sockets, timers: timers(), ...memory() }),
       '/broadcast': async () => {
         if (TIMELINE) {
-          for (const res of contender.responses()) if (res.socket) res.socket[STREAM] = true
+          let streams = 0
+          for (const res of contender.responses()) {
+            if (res.socket) {
+              res.socket[STREAM] = true
+              streams++
+            }
+          }
+          timeline.half = streams >> 1
+          timeline.halfCpu = undefined
           timeline.times = []
           timeline.ports = []
           timeline.on = true
@@ -184,6 +192,7 @@ function createControl (contender) {
         }
         loop.start()
         cpuAtBroadcast = process.cpuUsage()
+        timeline.cpu0 = cpuAtBroadcast
         const t0 = performance.now()
         timeline.t0 = t0
         await contender.broadcast(nextEvent())
@@ -207,6 +216,7 @@ function createControl (contender) {
             for (let i = 1; i < t.length; i++) if (t[i] - t[i - 1] > gap) gap = t[i] - t[i - 1]
             out.maxWriteGapMs = gap
           }
+          if (timeline.halfCpu !== undefined) out.medianWriteCpuMs = (timeline.halfCpu.user + timeline.halfCpu.system) / 1000
           out.sysMs = cpu.system / 1000
           // Involuntary context switches during the broadcast: the server taken off its core (other work, kernel threads)
           out.involuntarySwitches = process.resourceUsage().involuntaryContextSwitches - timeline.switches
