@@ -80,9 +80,8 @@ export class WriteScheduler {
   fanOut (sources: Iterable<EventSource>, frame: Buffer, kind: WriteKind, cost: FanOutCost = this.#fanOutCost): number {
     const start = performance.now()
     const startCpu = cpuUs()
-    // In µs: all of the slice on the clock, three quarters of it by the measured costs. The rest is for what the
-    // same loop turn does after the writes: the uncork tick that hands the corked sockets' bytes to the kernel.
-    const slice = this.slice * 1000
+    // In µs: three quarters of the slice, by the measured costs and on the clock. The rest is for what the same loop
+    // turn does after the writes: the uncork tick that hands the corked sockets' bytes to the kernel.
     const planned = this.slice * PLANNED
     const { us, queueUs, sources: expected } = cost
     let n = 0
@@ -103,7 +102,7 @@ export class WriteScheduler {
       if (source._queue === null) written++
       if (++i % CHECK_EVERY === 0) {
         const rest = expected > i ? (expected - i) * queueUs : 0
-        if (written * us + rest >= planned || (performance.now() - start) * 1000 + rest >= slice) {
+        if (written * us + rest >= planned || (performance.now() - start) * 1000 + rest >= planned) {
           deferredFrom = i
           queueStart = cpuUs()
         }
@@ -163,7 +162,7 @@ export class WriteScheduler {
     this.#scheduled = false
     const start = performance.now()
     const startCpu = cpuUs()
-    const deadline = start + this.slice
+    const deadline = start + this.slice * PLANNED / 1000
     const budget = this.#budget(this.#flushCost.us)
     const pending = this.#pending
     let next = 0
