@@ -3,7 +3,10 @@ import { performance } from 'node:perf_hooks'
 import type { EventSource, WriteKind } from './event-source'
 
 const CHECK_EVERY = 64
-/** µs of measured write cost planned per ms of `fanOutSlice`: the uncork tick after the writes costs a share too (a full plan blocked the loop 52 ms at N = 10,000 against a 50 ms slice). */
+/**
+ * µs of writes per ms of `fanOutSlice`, by the measured cost and on the clock: the uncork tick after the writes costs
+ * a share too (a full plan blocked the loop 52 ms at N = 10,000 against a 50 ms slice).
+ */
 const PLANNED = 750
 /** µs per write assumed before any has been measured: twice a warm loopback write, since the first run is cold. */
 const FIRST_GUESS_US = 40
