@@ -7,8 +7,7 @@
 // carries: 1,000,000 / µs publishes per second.
 // Usage: npm run build && node bench/redis-capacity.js [--messages=20000] [--size=100]
 
-const { spawn } = require('node:child_process')
-const { createServer } = require('node:net')
+const { startRedis } = require('./redis-server')
 const { Redis } = require('ioredis')
 const { redisAdapter } = require('../dist/adapters/redis.js')
 
@@ -19,16 +18,6 @@ const arg = (name, fallback) => {
 const MESSAGES = arg('messages', 20000)
 const SIZE = arg('size', 100)
 const IN_FLIGHT = 64
-
-async function freePort () {
-  return new Promise(resolve => {
-    const server = createServer()
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-  })
-}
 
 /** Enough of an AdapterHost for publishing: nothing is open on this instance. */
 function host () {
@@ -63,20 +52,11 @@ async function run (redis, url, label, options, target) {
 }
 
 async function main () {
-  const port = await freePort()
-  const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
-  const url = `redis://127.0.0.1:${port}`
+  const { child: server, url } = await startRedis()
   const redis = new Redis(url, { lazyConnect: true, retryStrategy: () => 50 })
   redis.on('error', () => {})
   try {
-    for (let i = 0; i < 100; i++) {
-      try {
-        await redis.connect()
-        break
-      } catch {
-        await new Promise(resolve => setTimeout(resolve, 50))
-      }
-    }
+    await redis.connect()
     const rows = []
     rows.push(await run(redis, url, 'identifier', {}, n => `user-${n % 1000}`))
     rows.push(await run(redis, url, 'topic', {}, n => ({ topic: `room-${n % 100}` })))

@@ -16,13 +16,13 @@
 //   env: MESSAGES (12000), CLIENTS (250), TOPICS (25), PASSES (3), WINDOW (64), REDIS_URL (default: a private
 //   redis-server on a free port, without persistence, so that Redis's own CPU per pass is this bench's alone)
 
-const { fork, spawn, spawnSync } = require('node:child_process')
+const { fork } = require('node:child_process')
 const { randomBytes } = require('node:crypto')
 const fs = require('node:fs')
 const http = require('node:http')
 const os = require('node:os')
-const net = require('node:net')
 const path = require('node:path')
+const { startRedis } = require('./redis-server')
 
 let REDIS_URL = process.env.REDIS_URL
 const MESSAGES = Number(process.env.MESSAGES ?? 12000)
@@ -163,28 +163,6 @@ function open (port, id, topic, counter) {
 }
 
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
-
-function freePort () {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-  })
-}
-
-async function startRedis () {
-  const port = await freePort()
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
-  for (let i = 0; i < 100; i++) {
-    if (spawnSync('redis-cli', ['-p', String(port), 'ping']).stdout?.toString().trim() === 'PONG') return { child, url: `redis://127.0.0.1:${port}` }
-    await sleep(50)
-  }
-  child.kill('SIGKILL')
-  throw new Error('redis-server did not start')
-}
 
 /** Redis's own CPU so far (ms, user + system), from INFO. */
 async function redisCpu (redis) {

@@ -10,13 +10,13 @@
 //   node bench/runs.js lost [lease]   time from SIGKILL of the producing instance to 'lost' at a follower elsewhere
 //   (build first: npm run build)
 
-const { spawn, spawnSync, execFileSync } = require('node:child_process')
+const { execFileSync } = require('node:child_process')
 const fs = require('node:fs')
 const http = require('node:http')
-const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
 const { pinning, pinned, line } = require('./processes')
+const { startRedis } = require('./redis-server')
 
 const args = process.argv.slice(2)
 const value = (name, fallback) => {
@@ -30,27 +30,6 @@ const VARIANTS = [
   { id: 'run', label: '**`run(key, producer)` + `sse.follow(key)`**, memory run log' },
   { id: 'run-redis', label: '**`run(key, producer)` + `sse.follow(key)`**, Redis adapter' }
 ]
-
-function freePort () {
-  return new Promise((resolve, reject) => {
-    const port = 20000 + Math.floor(Math.random() * 12000)
-    const server = net.createServer()
-    server.once('error', () => resolve(freePort()))
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(port)))
-    server.on('error', reject)
-  })
-}
-
-async function startRedis () {
-  const port = await freePort()
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
-  for (let i = 0; i < 100; i++) {
-    if (spawnSync('redis-cli', ['-p', String(port), 'ping']).stdout?.toString().trim() === 'PONG') return { child, url: `redis://127.0.0.1:${port}` }
-    await sleep(50)
-  }
-  child.kill('SIGKILL')
-  throw new Error('redis-server did not start')
-}
 
 async function runOne (variant, cfg, redisUrl) {
   const server = pinned(0, [path.join(__dirname, 'servers', 'run-pipe.js')], { VARIANT: variant, PERIOD_MS: String(1000 / cfg.rate), REDIS_URL: redisUrl })
