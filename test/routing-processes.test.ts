@@ -173,6 +173,13 @@ if (redisReady(tap)) {
     // The mover leaves a: once a has dropped its routes, what is published to them does not reach a.
     const moverClient = clients.get(mover) as Client
     const lastSeen = moverClient.events[moverClient.events.length - 1].id
+    /** From each instance: one message to the mover and one to a's own topic. */
+    const fromEach = async (when: string): Promise<void> => {
+      for (let from = 0; from < 3; from++) {
+        await publish(from, `${'abc'[from]}>a:m ${when}`, 'a:m')
+        await publish(from, `${'abc'[from]}>a:solo ${when}`, { topic: 'a:solo' })
+      }
+    }
     board.hold()
     board.port = b.port
     board.drop()
@@ -181,10 +188,7 @@ if (redisReady(tap)) {
     await subscribedWhen(redis, channelsOf(prefix, [mover]), 0, 'a to drop the mover\'s routes')
     await until(() => board.waiting === 1, WAIT, 'the mover to reconnect')
     const away = await metrics()
-    for (let from = 0; from < 3; from++) {
-      await publish(from, `${'abc'[from]}>a:m away`, 'a:m')
-      await publish(from, `${'abc'[from]}>a:solo away`, { topic: 'a:solo' })
-    }
+    await fromEach('away')
     // Everyone's messages come after the mover's on each instance's subscription: a would have counted them first.
     await fence(1, 'fence away')
     t.same((await metrics()).map((m, n) => m.received - away[n].received), [1, 1, 1], 'while the mover is away, no instance receives its messages')
@@ -199,10 +203,7 @@ if (redisReady(tap)) {
     // Read after a live message arrived: the replay is written before anything live.
     const opened = await stateWhen(b, 'a:m', state => state.active, 'the mover on b')
     const back = await metrics()
-    for (let from = 0; from < 3; from++) {
-      await publish(from, `${'abc'[from]}>a:m back`, 'a:m')
-      await publish(from, `${'abc'[from]}>a:solo back`, { topic: 'a:solo' })
-    }
+    await fromEach('back')
     await fence(0, 'fence back')
     t.same((await metrics()).map((m, n) => m.received - back[n].received), [1, 7, 1], 'b receives the mover\'s messages now, a does not')
     t.same(opened.replay, { replayed: 7, gap: false }, 'the replay on b: the six to the mover and the fence while it was away')
