@@ -14,41 +14,8 @@ import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
 import type { RedisClusterAdapterOptions } from '../../types/redis'
 import { InOrder } from './cluster-order'
+import { ClusterSubscriptions } from './cluster-subscriptions'
 import { CLOCK_AGE, CLOCK_MARGIN, Claims, applyControl, bounded, controlPayload, fail, positive, ready, closeCluster, sleep } from './coordination'
-
-/** Deliveries wait at least this long (ms) for a lost shard's channels to be subscribed again (a failover takes 1 to 3 s). */
-const FAILOVER_WAIT = 5000
-/** A topic or identifier nobody here follows any more keeps its subscriptions this long (ms), in case a follower comes back. */
-const LINGER = 2000
-
-/** A channel this instance listens to, and the stream that holds what it carries. */
-interface Channel {
-  name: string
-  /** The stream behind it (undefined: claims and control, which keep no history). */
-  stream: string | undefined
-  /** Its stream is a topic's, which Redis drops when idle for ttl. */
-  topicStream: boolean
-  /** What of its stream the channel carries (undefined: all of it). */
-  keep: ((message: PublishedMessage) => boolean) | undefined
-  /** The last stream position seen from it: a catch-up reads after it. */
-  cursor: string | undefined
-  shard: Shard | undefined
-}
-
-/** A topic or identifier followed here (`t:<topic>`, `i:<identifier>`), and the channels it listens to. */
-interface Route {
-  channels: Channel[]
-  /** Nobody here follows it: unsubscribed once the linger ends. */
-  idleSince: number | undefined
-}
-
-/** One subscriber connection to one master, for the sharded channels of the slots it serves. */
-interface Shard {
-  key: string
-  connection: Redis
-  channels: Set<Channel>
-  retired: boolean
-}
 
 /**
  * The Redis adapter for a Redis Cluster (7 or later). A message to one topic travels on a sharded channel and lives
@@ -87,14 +54,9 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #closed = false
   #inFlight = new Set<Promise<unknown>>()
   #owned: (Redis | Cluster)[] = []
-  #channels = new Map<string, Channel>()
-  #routes = new Map<string, Route>()
-  #shards = new Map<string, Shard>()
+  #subscriptions: ClusterSubscriptions | undefined
   /** With history: delivery in id order. */
   #order: InOrder | undefined
-  /** Topic channels to subscribe at the next microtask, gathered. */
-  #toSubscribe = new Set<Channel>()
-  #lingerTimer: NodeJS.Timeout | undefined
   #claims: Claims | undefined
   #down = false
   /** ms the sequencer's clock is ahead of this process's. */
@@ -168,8 +130,20 @@ class RedisClusterAdapter implements EventSourceAdapter {
     this.#claims = new Claims(host, this.#instance, () => client.status === 'ready', payload => client.spublish(this.claimChannel, payload))
     if (this.hasHistory) {
       this.#history = new RedisClusterHistory(client, this.keys, this.#ttl, this.#timeout * 2)
-      this.#order = new InOrder(host, this.#history, async () => this.#barrier(), this.#timeout)
+      this.#order = new InOrder(host, this.#history, async () => this.#subscriptions?.barrier(), this.#timeout)
     }
+    const subscriptions = new ClusterSubscriptions({
+      host,
+      client,
+      keys: this.keys,
+      history: this.#history,
+      order: this.#order,
+      claims: this.#claims,
+      timeout: this.#timeout,
+      connectTimeout: this.#connectTimeout,
+      onMessage: (name, payload) => this.#onMessage(name, payload)
+    })
+    this.#subscriptions = subscriptions
     let lastError: Error | undefined
     const record = (err: Error): void => { lastError = err }
     client.on('error', record)
@@ -182,14 +156,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
       }
       // The plain stream also holds the messages to identifiers, which travel on their own channels.
       const everyone = (message: PublishedMessage): boolean => typeof message.to !== 'string'
-      for (const [name, stream, keep] of [[this.messageChannel, this.keys.plain, everyone], [this.claimChannel, undefined, undefined], [this.controlChannel, undefined, undefined]] as const) {
-        this.#channels.set(name, { name, stream: this.hasHistory ? stream : undefined, topicStream: false, keep, cursor: undefined, shard: undefined })
-      }
-      await this.#bounded(this.#subscribe([...this.#channels.values()]))
-      // A connection to every master now: a topic's first follower then waits for one SSUBSCRIBE, not a connect.
-      const masters = client.nodes('master')
-      for (const node of masters) this.#shard(`${node.options.host ?? '127.0.0.1'}:${node.options.port ?? 6379}`)
-      await this.#bounded(Promise.all(masters.map(node => node.ping())))
+      await subscriptions.start([[this.messageChannel, this.keys.plain, everyone], [this.claimChannel, undefined, undefined], [this.controlChannel, undefined, undefined]])
     } catch (err) {
       await this.close()
       const why = lastError === undefined ? (err as Error).message : `${(err as Error).message} (${lastError.message})`
@@ -205,17 +172,17 @@ class RedisClusterAdapter implements EventSourceAdapter {
     const routes: PresenceListener = {
       streams: () => this.#presenceListener?.streams(),
       identifier: identifier => {
-        this.#route('i:' + identifier, local.hasIdentifier(identifier))
+        subscriptions.route('i:' + identifier, local.hasIdentifier(identifier))
         this.#presenceListener?.identifier(identifier)
       },
       topic: (topic, identifier) => {
-        this.#route('t:' + topic, local.topicStreams(topic) > 0)
+        subscriptions.route('t:' + topic, local.topicStreams(topic) > 0)
         this.#presenceListener?.topic(topic, identifier)
       }
     }
     local.watch(routes)
-    for (const identifier of local.identifiers()) this.#route('i:' + identifier, true)
-    for (const topic of local.topics()) this.#route('t:' + topic, true)
+    for (const identifier of local.identifiers()) subscriptions.route('i:' + identifier, true)
+    for (const topic of local.topics()) subscriptions.route('t:' + topic, true)
     if (this.#presenceSettings !== undefined) {
       const presence = new RedisPresence(client as unknown as Redis, host, this.keys.tag, this.#instance, this.#presenceSettings, op => this.#bounded(op))
       this.#presence = presence
@@ -319,7 +286,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
       } catch (err) {
         waited.catch(() => {})
         if (attempt > 0 || !/^MOVED /.test((err as Error).message)) throw err
-        await this.#refreshSlots()
+        await this.#subscriptions?.refreshSlots()
       }
     }
   }
@@ -412,10 +379,8 @@ class RedisClusterAdapter implements EventSourceAdapter {
     await this.#presence?.close()
     this.#closed = true
     this.#order?.close()
-    clearInterval(this.#lingerTimer)
+    this.#subscriptions?.close()
     await Promise.race([Promise.allSettled([...this.#inFlight]), sleep(this.#timeout)])
-    for (const shard of this.#shards.values()) this.#retire(shard)
-    this.#shards.clear()
     const owned = this.#owned
     this.#owned = []
     await Promise.all(owned.map(async connection => {
@@ -445,236 +410,11 @@ class RedisClusterAdapter implements EventSourceAdapter {
     return connection
   }
 
-  // Sharded subscriptions: one connection per master, placed by the cluster client's slot map.
-
-  /**
-   * A topic or identifier followed here gets its channels; one nobody follows any more is dropped after the linger.
-   * A new one is subscribed at the next microtask, with the others of the same turn.
-   */
-  #route (key: string, followed: boolean): void {
-    if (this.#closed) return
-    const route = this.#routes.get(key)
-    if (route !== undefined) {
-      route.idleSince = followed ? undefined : Date.now()
-      if (!followed) this.#lingerTimer ??= setInterval(() => this.#unsubscribeIdle(), LINGER).unref()
-      return
-    }
-    if (!followed) return
-    const channels = this.#channelsFor(key)
-    this.#routes.set(key, { channels, idleSince: undefined })
-    if (this.#toSubscribe.size === 0) queueMicrotask(() => this.#subscribeNew())
-    for (const channel of channels) {
-      this.#channels.set(channel.name, channel)
-      this.#toSubscribe.add(channel)
-    }
-  }
-
-  /**
-   * A topic listens to its own channel (its stream on its slot) and to its channel of messages to several topics; an
-   * identifier to its channel (the plain stream, where its messages are among the others).
-   */
-  #channelsFor (key: string): Channel[] {
-    const keys = this.keys
-    const history = this.hasHistory
-    const name = key.slice(2)
-    const channel = (channel: string, stream: string, topicStream: boolean, keep: Channel['keep']): Channel =>
-      ({ name: channel, stream: history ? stream : undefined, topicStream, keep, cursor: undefined, shard: undefined })
-    if (key.startsWith('i:')) return [channel(keys.identifier(name), keys.plain, false, message => message.to === name)]
-    return [
-      channel(keys.topic(name), keys.topic(name), true, undefined),
-      channel(keys.multiTopic(name), keys.multi, false, message => topicsOf(message.to)?.includes(name) === true)
-    ]
-  }
-
-  /**
-   * New channels: deliveries wait while they are subscribed and their streams read after the last id delivered
-   * here, so that nothing published between a source's open and the subscription is lost.
-   */
-  #subscribeNew (): void {
-    const channels = [...this.#toSubscribe]
-    this.#toSubscribe.clear()
-    this.#catchUp(channels, this.#released, false)
-  }
-
-  #unsubscribeIdle (): void {
-    const now = Date.now()
-    let idle = 0
-    for (const [key, route] of this.#routes) {
-      if (route.idleSince === undefined) continue
-      if (now - route.idleSince < LINGER) {
-        idle++
-        continue
-      }
-      this.#routes.delete(key)
-      for (const channel of route.channels) {
-        this.#channels.delete(channel.name)
-        this.#toSubscribe.delete(channel)
-        const shard = channel.shard
-        if (shard === undefined) continue
-        shard.channels.delete(channel)
-        if (shard.channels.size === 0) {
-          this.#shards.delete(shard.key)
-          this.#retire(shard)
-        } else {
-          shard.connection.sunsubscribe(channel.name).catch(() => {})
-        }
-      }
-    }
-    if (idle === 0) {
-      clearInterval(this.#lingerTimer)
-      this.#lingerTimer = undefined
-    }
-  }
-
-  /**
-   * Subscribes the channels (and, with history, reads their streams after their cursor, or after `from` for a
-   * channel never read), holding deliveries meanwhile. Tried again, with the slot map refreshed, until it holds;
-   * deliveries resume after publishTimeout (at least FAILOVER_WAIT) at the latest: what arrives later than its
-   * turn is then a gap.
-   */
-  #catchUp (channels: Channel[], from: string, lost: boolean): void {
-    const release = this.#order?.pause()
-    const resume = (): void => {
-      clearTimeout(timer)
-      release?.()
-    }
-    const timer = setTimeout(() => {
-      this.#host?.log.warn({ channels: channels.length }, 'fastify-event-sources: a Redis Cluster shard is still unreachable; delivering the other shards\' messages')
-      resume()
-    }, Math.max(this.#timeout, FAILOVER_WAIT))
-    // Where each channel's read starts is taken now: once subscribed, a live message moves its cursor past what the
-    // channel missed meanwhile.
-    const cursors = new Map(channels.map(channel => [channel, channel.cursor]))
-    const run = async (): Promise<void> => {
-      for (let attempt = 0; !this.#closed; attempt++) {
-        const wanted = channels.filter(channel => this.#channels.get(channel.name) === channel)
-        try {
-          if (attempt > 0 || lost) await this.#refreshSlots()
-          await this.#bounded(this.#subscribe(wanted.filter(channel => channel.shard === undefined)))
-          const history = this.#history
-          const order = this.#order
-          if (history !== undefined && order !== undefined) {
-            await Promise.all(wanted.map(async channel => {
-              if (channel.stream === undefined) return
-              // Live messages may come in meanwhile: the read is deduplicated by id, not by position.
-              const cursor = cursors.get(channel)
-              const known = cursor !== undefined
-              const start = cursor ?? from
-              const read = await this.#bounded(history.readStream(channel.stream, start, channel.topicStream))
-              if (read.gap && known) order.gap(start)
-              for (const entry of read.entries) {
-                if (channel.cursor === undefined || isAfter(entry.pos, channel.cursor)) channel.cursor = entry.pos
-                if (channel.keep !== undefined && !channel.keep(entry.message)) continue
-                order.absorb(entry, known)
-              }
-              // Read up to here: a message on this channel that comes after its turn from now on was missed.
-              channel.cursor ??= start
-            }))
-          } else if (lost) {
-            this.#host?.gap(undefined, undefined)
-          }
-          if (lost) this.#claims?.announceAll()
-          return
-        } catch (err) {
-          this.#host?.log.debug({ err, attempt }, 'fastify-event-sources: could not subscribe to a Redis Cluster shard yet; retrying')
-          await sleep(Math.min(100 * (attempt + 1), 1000))
-        }
-      }
-    }
-    run().finally(resume)
-  }
-
-  async #refreshSlots (): Promise<void> {
-    const client = this.#client as Cluster
-    await this.#bounded(new Promise<void>(resolve => client.refreshSlotsCache(() => resolve())))
-  }
-
-  /** SSUBSCRIBEs each channel on the master serving its slot (one command per slot, as Redis requires). */
-  async #subscribe (channels: Channel[]): Promise<void> {
-    const client = this.#client as Cluster
-    const bySlot = new Map<number, Channel[]>()
-    for (const channel of channels) {
-      const slot = slotOf(channel.name)
-      let list = bySlot.get(slot)
-      if (list === undefined) bySlot.set(slot, (list = []))
-      list.push(channel)
-    }
-    await Promise.all([...bySlot].map(async ([slot, list]) => {
-      const key = client.slots[slot]?.[0]
-      if (key === undefined) throw new Error(`no master known for slot ${slot}`)
-      const shard = this.#shard(key)
-      for (const channel of list) {
-        channel.shard = shard
-        shard.channels.add(channel)
-      }
-      try {
-        await shard.connection.ssubscribe(...list.map(channel => channel.name))
-      } catch (err) {
-        for (const channel of list) {
-          if (channel.shard === shard) channel.shard = undefined
-          shard.channels.delete(channel)
-        }
-        throw err
-      }
-    }))
-  }
-
-  #shard (key: string): Shard {
-    const existing = this.#shards.get(key)
-    if (existing !== undefined) return existing
-    const colon = key.lastIndexOf(':')
-    const client = this.#client as Cluster
-    const connection = new Redis({
-      ...client.options.redisOptions,
-      host: key.slice(0, colon),
-      port: Number(key.slice(colon + 1)),
-      lazyConnect: false,
-      enableOfflineQueue: true,
-      autoResubscribe: false,
-      maxRetriesPerRequest: 0,
-      connectTimeout: this.#connectTimeout,
-      // A lost master is not waited for: its channels go to whichever node serves their slots now.
-      retryStrategy: () => null
-    })
-    const shard: Shard = { key, connection, channels: new Set(), retired: false }
-    this.#shards.set(key, shard)
-    connection.on('error', (err: Error) => this.#host?.log.debug({ err, node: key }, 'fastify-event-sources: Redis Cluster subscriber error'))
-    connection.on('smessage', (name: string, payload: string) => this.#onMessage(name, payload))
-    connection.on('end', () => this.#lost(shard))
-    // The server dropped channels whose slot moved to another master (a resharding): every channel of this connection
-    // is placed again by the slot map, and what they missed is read from the streams.
-    connection.on('moved', () => {
-      if (shard.retired || this.#closed) return
-      this.#host?.log.info({ node: key }, 'fastify-event-sources: a Redis Cluster slot moved; subscribing again where it is served')
-      this.#lost(shard)
-      connection.disconnect()
-    })
-    // A subscribe still in flight when the adapter closed would otherwise leave this connection open.
-    if (this.#closed) this.#retire(shard)
-    return shard
-  }
-
-  #retire (shard: Shard): void {
-    shard.retired = true
-    shard.connection.disconnect()
-  }
-
-  #lost (shard: Shard): void {
-    if (shard.retired || this.#closed) return
-    shard.retired = true
-    if (this.#shards.get(shard.key) === shard) this.#shards.delete(shard.key)
-    const channels = [...shard.channels]
-    for (const channel of channels) channel.shard = undefined
-    if (channels.length === 0) return
-    this.#host?.log.warn({ node: shard.key, channels: channels.length }, 'fastify-event-sources: lost a Redis Cluster shard subscription; subscribing again')
-    this.#catchUp(channels, this.#released, true)
-  }
-
   // Messages.
 
   #onMessage (name: string, payload: string): void {
     const host = this.#host
-    const channel = this.#channels.get(name)
+    const channel = this.#subscriptions?.get(name)
     if (host === undefined || this.#closed || channel === undefined) return
     if (name === this.claimChannel) return this.#claims?.receive(payload)
     if (name === this.controlChannel) return this.#onControl(payload)
@@ -705,16 +445,9 @@ class RedisClusterAdapter implements EventSourceAdapter {
     if (topics === undefined || topics.length < 2) return true
     for (const topic of topics) {
       const own = this.keys.multiTopic(topic)
-      if (this.#channels.has(own)) return own === channel
+      if (this.#subscriptions?.get(own) !== undefined) return own === channel
     }
     return true
-  }
-
-  /** Resolves once every shard connection with a subscription has sent all it had before this call. */
-  async #barrier (): Promise<unknown> {
-    const pings: Promise<unknown>[] = []
-    for (const shard of this.#shards.values()) if (!shard.retired && shard.channels.size > 0) pings.push(shard.connection.ping())
-    return Promise.all(pings)
   }
 
   // Control, on the sequencer's slot.
