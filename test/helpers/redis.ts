@@ -164,6 +164,7 @@ export async function everyOnceInOrder (t: Test, received: () => string[], expec
   const all = (): boolean => expected.every(text => received().includes(text))
   while (!all() && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
   t.ok(all(), `${what}: every resolved message`)
+  if (!all()) t.comment(`${what}: missing ${expected.filter(text => !received().includes(text)).join(',')} of ${expected.length}; got ${received().length}`)
   await new Promise(resolve => setTimeout(resolve, 100))
   t.ok(received().every(text => published.has(text)), `${what}: nothing but what was published`)
   t.equal(new Set(received()).size, received().length, `${what}: each once`)
