@@ -10,8 +10,9 @@ import type { AdapterHost, ControlMessage } from './adapter'
  */
 
 /**
- * A new route's first source counts as opened this long (ms) before the Redis time it opened at, as estimated from
- * this instance's clock: what was published to it within that margin before it opened may reach it too.
+ * A new route's first source (one node), or a new stream (cluster), counts as opened this long (ms) before the Redis
+ * time it opened at, as estimated from this instance's clock: what was published within that margin before it opened
+ * may reach it too.
  */
 export const CLOCK_MARGIN = 50
 /** How old (ms) an estimate of Redis's clock may get before it is measured again, when it is next needed. */

@@ -15,6 +15,7 @@ import { RedisRunStore } from './redis-runs'
 import type { RedisClusterAdapterOptions } from '../../types/redis'
 import { InOrder } from './cluster-order'
 import { ClusterSubscriptions } from './cluster-subscriptions'
+import { firstHeard } from './routes'
 import { CLOCK_AGE, CLOCK_MARGIN, Claims, applyControl, bounded, controlPayload, fail, positive, ready, closeCluster, sleep } from './coordination'
 
 /**
@@ -443,11 +444,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #first (message: PublishedMessage, channel: string): boolean {
     const topics = topicsOf(message.to)
     if (topics === undefined || topics.length < 2) return true
-    for (const topic of topics) {
-      const own = this.keys.multiTopic(topic)
-      if (this.#subscriptions?.get(own) !== undefined) return own === channel
-    }
-    return true
+    return firstHeard(topics, channel, this.keys.multiTopic, own => this.#subscriptions?.get(own) !== undefined)
   }
 
   // Control, on the sequencer's slot.

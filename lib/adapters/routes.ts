@@ -125,10 +125,18 @@ export class Routes implements PresenceListener {
     const to = message.to
     // On the everyone channel a message comes once, whatever its target (from an instance with routing 'all').
     if (channel === this.names.everyone || typeof to !== 'object' || !('topic' in to) || typeof to.topic === 'string') return true
-    for (const topic of to.topic) {
-      const own = this.names.topic(topic)
-      if (this.#subscribed.has(own)) return own === channel
-    }
-    return true
+    return firstHeard(to.topic, channel, topic => this.names.topic(topic), own => this.#subscribed.has(own))
   }
+}
+
+/**
+ * Whether `channel` is the first of a message's topic channels (`channelOf` each topic) this instance listens to:
+ * the copy to deliver of a message that arrives once per topic. True when it listens to none of them.
+ */
+export function firstHeard (topics: readonly string[], channel: string, channelOf: (topic: string) => string, listening: (channel: string) => boolean): boolean {
+  for (const topic of topics) {
+    const own = channelOf(topic)
+    if (listening(own)) return own === channel
+  }
+  return true
 }
