@@ -91,7 +91,7 @@ if (clusterReady(tap)) {
           resolved.push(text)
           if (to === targets[0]) doomedPublishes.push([startedAt, true])
         } catch (err) {
-          t.equal((err as { code?: string }).code, 'FST_ERR_SSE_PUBLISH_FAILED', `publish ${n} rejects with the publish error`)
+          t.equal((err as { code?: string }).code, 'FST_ERR_SSE_PUBLISH_FAILED', `publish ${n} rejects with the publish error ${(err as Error).message}`)
           rejected.push(text)
           if (to === targets[3]) bothRejected.push(text)
           if (to === targets[0]) doomedPublishes.push([startedAt, false])

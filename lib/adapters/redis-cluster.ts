@@ -15,6 +15,7 @@ import { RedisRunStore } from './redis-runs'
 import type { RedisClusterAdapterOptions } from '../../types/redis'
 import { InOrder } from './cluster-order'
 import { ClusterSubscriptions } from './cluster-subscriptions'
+import { OnlineReplicas } from './cluster-replicas'
 import { firstHeard } from './routes'
 import { CLOCK_AGE, CLOCK_MARGIN, Claims, applyControl, bounded, controlPayload, fail, positive, ready, closeCluster, sleep } from './coordination'
 
@@ -56,6 +57,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #inFlight = new Set<Promise<unknown>>()
   #owned: (Redis | Cluster)[] = []
   #subscriptions: ClusterSubscriptions | undefined
+  #replicas = new OnlineReplicas()
   /** With history: delivery in id order. */
   #order: InOrder | undefined
   #claims: Claims | undefined
@@ -150,6 +152,8 @@ class RedisClusterAdapter implements EventSourceAdapter {
     client.on('error', record)
     try {
       await this.#ready(client)
+      // So that the first writes know whether to wait for a replica (a master not asked yet answers before its WAIT).
+      await this.#bounded(Promise.all(client.nodes('master').map(async node => this.#replicas.ask(node).catch(() => 0))))
       if (this.#history !== undefined) {
         await this.#clock(client)
         const mark = await this.#bounded(this.#history.watermark())
@@ -239,7 +243,8 @@ class RedisClusterAdapter implements EventSourceAdapter {
   /**
    * The id from the sequencer. A message to no topic, or to several, is written and published there at once, in
    * one step (whole or not at all); a message to one topic is then written and published on the topic's slot. Each
-   * write waits for one replica (when the shard has one): a publish that resolved survives its master being killed.
+   * write waits for one replica (when the shard's master has one online): a publish that resolved survives its
+   * master being killed.
    */
   async #append (client: Cluster, message: PublishedMessage, key: string | undefined): Promise<void> {
     const keys = this.keys
@@ -247,19 +252,22 @@ class RedisClusterAdapter implements EventSourceAdapter {
     const body = encode(message, false)
     const plain = topics.length !== 1
     const channels = plain ? this.#channelsOf(message) : []
+    // Counted without awaiting anything: the sequencer must get the publishes in the order they were made.
+    const node = plain ? this.#master(client, keys.seq) : undefined
+    const replicas = node === undefined ? 0 : this.#replicas.count(node)
     // The sequencer refuses to run it past the publish's deadline: it would then take an id after later publishes.
     const sequencer = client.pipeline().eval(SEQUENCE, 5, keys.seq, keys.pending, keys.epoch, key === undefined ? keys.seq : keys.key(key),
       topics.length > 1 ? keys.multi : keys.plain,
       plain ? 'p' : 't', body, this.#maxLen, this.#keyTtl, key === undefined ? '0' : '1', Date.now() + this.#skew + this.#timeout, ...channels)
-    if (plain) this.#waitReplica(sequencer, keys.seq)
+    if (typeof replicas === 'number' && replicas > 0) sequencer.call('WAIT', 1, this.#waitMs)
     const results = await sequencer.exec()
     const [id, seen] = this.#reply(results) as [string, number]
-    if (plain && results !== null && results.length > 1 && results[1][1] === 0) throw new Error('no replica acknowledged the write in time')
-    if (seen === 1 || plain) return
+    if (node !== undefined) return this.#replicated(node, replicas, results?.[1]?.[1])
+    if (seen === 1) return
     const stream = keys.topic(topics[0])
-    let waited: Promise<unknown>
+    let written: Written
     try {
-      ({ waited } = await this.#appendTopic(client, stream, id, body))
+      written = await this.#appendTopic(client, stream, id, body)
     } catch (err) {
       client.eval(ABORT, 2, keys.pending, key === undefined ? keys.pending : keys.key(key), padded(id), id).catch(() => {})
       throw err
@@ -267,7 +275,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     // Written: instances may deliver the ids after it (not awaited; until it lands, or the id expires, they only
     // wait a little longer), while the replica catches up.
     client.zrem(keys.pending, padded(id)).catch(() => {})
-    if (await waited === 0) throw new Error('no replica acknowledged the write in time')
+    await this.#replicated(written.node, written.replicas, written.waited)
   }
 
   /**
@@ -276,33 +284,47 @@ class RedisClusterAdapter implements EventSourceAdapter {
    * run) is followed once, the slot map refreshed. An ASK reply is not: the slot is being moved, and a message
    * published on its new master before the instances subscribe there would reach them after later ones.
    */
-  async #appendTopic (client: Cluster, stream: string, id: string, body: string): Promise<{ waited: Promise<unknown> }> {
+  async #appendTopic (client: Cluster, stream: string, id: string, body: string): Promise<Written> {
     for (let attempt = 0; ; attempt++) {
-      const [node, replicas] = this.#master(client, stream)
-      const written = node.eval(APPEND, 1, stream, id, body, this.#maxLen, this.#ttl)
-      const waited = replicas > 0 ? node.call('WAIT', 1, Math.max(1, Math.floor(this.#timeout / 2))) : Promise.resolve(1)
+      const node = this.#master(client, stream)
+      const replicas = this.#replicas.count(node)
+      const appended = node.eval(APPEND, 1, stream, id, body, this.#maxLen, this.#ttl)
+      const waited = typeof replicas === 'number' && replicas > 0 ? node.call('WAIT', 1, this.#waitMs) : undefined
       try {
-        await written
-        return { waited }
+        await appended
+        return { node, replicas, waited }
       } catch (err) {
-        waited.catch(() => {})
+        waited?.catch(() => {})
         if (attempt > 0 || !/^MOVED /.test((err as Error).message)) throw err
         await this.#subscriptions?.refreshSlots()
       }
     }
   }
 
-  /** The connection to the master serving the key's slot, and how many replicas the slot map gives it. */
-  #master (client: Cluster, key: string): [Redis, number] {
-    const serving = client.slots[slotOf(key)]
-    const node = serving === undefined ? undefined : client.nodes('master').find(node => `${node.options.host}:${node.options.port}` === serving[0])
-    if (node === undefined) throw new Error(`no master known for the slot of ${key}`)
-    return [node, serving.length - 1]
+  /**
+   * Resolves once a replica acknowledged the write just made on `node` (`waited`: the reply of the WAIT sent with it),
+   * or at once if the master has none online. Before the master's first answer on its replicas the WAIT goes after
+   * the write, on the same connection: it covers every earlier write there.
+   */
+  async #replicated (node: Redis, replicas: number | Promise<number>, waited: unknown): Promise<void> {
+    if (typeof replicas !== 'number') {
+      if (await replicas === 0) return
+      waited = node.call('WAIT', 1, this.#waitMs)
+    } else if (replicas === 0) return
+    if (await waited === 0) throw new Error('no replica acknowledged the write in time')
   }
 
-  #waitReplica (pipeline: ReturnType<Cluster['pipeline']>, key: string): void {
-    const replicas = (this.#client?.slots[slotOf(key)]?.length ?? 1) - 1
-    if (replicas > 0) pipeline.call('WAIT', 1, Math.max(1, Math.floor(this.#timeout / 2)))
+  /** The connection to the master serving the key's slot. */
+  #master (client: Cluster, key: string): Redis {
+    const serving = client.slots[slotOf(key)]?.[0]
+    const node = serving === undefined ? undefined : client.nodes('master').find(node => `${node.options.host}:${node.options.port}` === serving)
+    if (node === undefined) throw new Error(`no master known for the slot of ${key}`)
+    return node
+  }
+
+  /** How long a write waits for a replica: half the publish's time, leaving the rest for the id's sequencer. */
+  get #waitMs (): number {
+    return Math.max(1, Math.floor(this.#timeout / 2))
   }
 
   /** The reply at `index` of a pipeline whose commands all succeeded. */
@@ -462,6 +484,13 @@ class RedisClusterAdapter implements EventSourceAdapter {
   async #ready (connection: Redis | Cluster): Promise<void> {
     return ready(connection, this.#connectTimeout)
   }
+}
+
+/** A topic write: the master it went to, its count of replicas online, and the reply of the WAIT sent with it. */
+interface Written {
+  node: Redis
+  replicas: number | Promise<number>
+  waited: Promise<unknown> | undefined
 }
 
 /**
