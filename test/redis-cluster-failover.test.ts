@@ -61,8 +61,11 @@ if (clusterReady(tap)) {
         }
       }))
       const options = { nodes: cluster.startupNodes, channelPrefix: prefix, publishTimeout: 1000 }
-      const a = await start(t, routes, { adapter: redisAdapter(options), retry: 20 })
-      const b = await start(t, routes, { adapter: redisAdapter(options), retry: 20 })
+      // FAILOVER_LOGS=<dir>: each instance's debug log there, to read after a failure.
+      const logs = process.env.FAILOVER_LOGS
+      const log = (name: string): object => logs === undefined ? {} : { logger: { level: 'debug', file: `${logs}/${name}-${victim}.log` } }
+      const a = await start(t, routes, { adapter: redisAdapter(options), retry: 20 }, log('a'))
+      const b = await start(t, routes, { adapter: redisAdapter(options), retry: 20 }, log('b'))
       const query = `/sse?id=alice&topics=${doomed},${other}`
       const live = new Client(t, a.url + query, undefined, ['reset'])
       await until(() => live.opens === 1 && a.app.eventSources.subscribers(other).length === 1, 5000, 'the live stream')
