@@ -57,7 +57,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #inFlight = new Set<Promise<unknown>>()
   #owned: (Redis | Cluster)[] = []
   #subscriptions: ClusterSubscriptions | undefined
-  #replicas = new OnlineReplicas()
+  #replicas: OnlineReplicas
   /** With history: delivery in id order. */
   #order: InOrder | undefined
   #claims: Claims | undefined
@@ -103,6 +103,8 @@ class RedisClusterAdapter implements EventSourceAdapter {
     this.#ttl = history === false || history?.ttl === Infinity ? 0 : positive('history.ttl', history?.ttl, 3_600_000)
     this.#timeout = positive('publishTimeout', options.publishTimeout, 2000)
     this.#connectTimeout = positive('connectTimeout', options.connectTimeout, 5000)
+    // Half the publish's time, leaving the rest for the sequencer.
+    this.#replicas = new OnlineReplicas(Math.max(1, Math.floor(this.#timeout / 2)))
     const runs = options.runs
     if (runs !== undefined && (typeof runs !== 'object' || runs === null)) fail('runs', 'must be { lease }')
     this.#runLease = positive('runs.lease', runs?.lease, 10_000)
@@ -259,10 +261,10 @@ class RedisClusterAdapter implements EventSourceAdapter {
     const sequencer = client.pipeline().eval(SEQUENCE, 5, keys.seq, keys.pending, keys.epoch, key === undefined ? keys.seq : keys.key(key),
       topics.length > 1 ? keys.multi : keys.plain,
       plain ? 'p' : 't', body, this.#maxLen, this.#keyTtl, key === undefined ? '0' : '1', Date.now() + this.#skew + this.#timeout, ...channels)
-    if (typeof replicas === 'number' && replicas > 0) sequencer.call('WAIT', 1, this.#waitMs)
+    if (this.#replicas.waitsWith(replicas)) sequencer.call('WAIT', 1, this.#replicas.waitMs)
     const results = await sequencer.exec()
     const [id, seen] = this.#reply(results) as [string, number]
-    if (node !== undefined) return this.#replicated(node, replicas, results?.[1]?.[1])
+    if (node !== undefined) return this.#replicas.acknowledged(node, replicas, results?.[1]?.[1])
     if (seen === 1) return
     const stream = keys.topic(topics[0])
     let written: Written
@@ -275,7 +277,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     // Written: instances may deliver the ids after it (not awaited; until it lands, or the id expires, they only
     // wait a little longer), while the replica catches up.
     client.zrem(keys.pending, padded(id)).catch(() => {})
-    await this.#replicated(written.node, written.replicas, written.waited)
+    await this.#replicas.acknowledged(written.node, written.replicas, written.waited)
   }
 
   /**
@@ -289,7 +291,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
       const node = this.#master(client, stream)
       const replicas = this.#replicas.count(node)
       const appended = node.eval(APPEND, 1, stream, id, body, this.#maxLen, this.#ttl)
-      const waited = typeof replicas === 'number' && replicas > 0 ? node.call('WAIT', 1, this.#waitMs) : undefined
+      const waited = this.#replicas.waitsWith(replicas) ? node.call('WAIT', 1, this.#replicas.waitMs) : undefined
       try {
         await appended
         return { node, replicas, waited }
@@ -301,30 +303,12 @@ class RedisClusterAdapter implements EventSourceAdapter {
     }
   }
 
-  /**
-   * Resolves once a replica acknowledged the write just made on `node` (`waited`: the reply of the WAIT sent with it),
-   * or at once if the master has none online. Before the master's first answer on its replicas the WAIT goes after
-   * the write, on the same connection: it covers every earlier write there.
-   */
-  async #replicated (node: Redis, replicas: number | Promise<number>, waited: unknown): Promise<void> {
-    if (typeof replicas !== 'number') {
-      if (await replicas === 0) return
-      waited = node.call('WAIT', 1, this.#waitMs)
-    } else if (replicas === 0) return
-    if (await waited === 0) throw new Error('no replica acknowledged the write in time')
-  }
-
   /** The connection to the master serving the key's slot. */
   #master (client: Cluster, key: string): Redis {
     const serving = client.slots[slotOf(key)]?.[0]
     const node = serving === undefined ? undefined : client.nodes('master').find(node => `${node.options.host}:${node.options.port}` === serving)
     if (node === undefined) throw new Error(`no master known for the slot of ${key}`)
     return node
-  }
-
-  /** How long a write waits for a replica: half the publish's time, leaving the rest for the id's sequencer. */
-  get #waitMs (): number {
-    return Math.max(1, Math.floor(this.#timeout / 2))
   }
 
   /** The reply at `index` of a pipeline whose commands all succeeded. */
