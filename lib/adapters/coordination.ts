@@ -18,6 +18,17 @@ export const CLOCK_MARGIN = 50
 /** How old (ms) an estimate of Redis's clock may get before it is measured again, when it is next needed. */
 export const CLOCK_AGE = 10_000
 
+/**
+ * Redis's clock minus this instance's (ms), from a TIME reply asked at `asked` and answered at `answered` (by this
+ * instance's clock): right within half the round trip, which the margin keeps on top of CLOCK_MARGIN.
+ */
+export function clockEstimate ([seconds, micros]: [string, string], asked: number, answered: number): { offset: number, margin: number } {
+  return {
+    offset: Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - Math.round((asked + answered) / 2),
+    margin: CLOCK_MARGIN + answered - asked
+  }
+}
+
 export function fail (name: string, why: string): never {
   throw new FST_ERR_SSE_INVALID_OPTION(name, why)
 }

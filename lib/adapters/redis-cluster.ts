@@ -17,7 +17,7 @@ import { InOrder } from './cluster-order'
 import { ClusterSubscriptions } from './cluster-subscriptions'
 import { OnlineReplicas } from './cluster-replicas'
 import { firstHeard } from './routes'
-import { CLOCK_AGE, CLOCK_MARGIN, Claims, applyControl, bounded, controlPayload, fail, positive, ready, closeCluster, sleep } from './coordination'
+import { CLOCK_AGE, CLOCK_MARGIN, Claims, applyControl, bounded, clockEstimate, controlPayload, fail, positive, ready, closeCluster, sleep } from './coordination'
 
 /**
  * The Redis adapter for a Redis Cluster (7 or later). A message to one topic travels on a sharded channel and lives
@@ -357,8 +357,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     const asked = Date.now()
     const time = this.#reply(await this.#bounded(client.pipeline().exists(this.keys.seq).time().exec()), 1) as [string, string]
     const answered = Date.now()
-    this.#skew = Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000) - Math.round((asked + answered) / 2)
-    this.#margin = CLOCK_MARGIN + answered - asked
+    ;({ offset: this.#skew, margin: this.#margin } = clockEstimate(time, asked, answered))
     this.#clockAt = answered
   }
 

@@ -2,7 +2,7 @@ import type { Redis } from 'ioredis'
 import { PAGE, decode, decodeEntries, type RedisStreamsHistory } from '../history/redis-streams'
 import { isAfter } from '../position'
 import type { AdapterHost, PublishedMessage } from './adapter'
-import { CLOCK_AGE, CLOCK_MARGIN, bounded, sleep, type Claims } from './coordination'
+import { CLOCK_AGE, CLOCK_MARGIN, bounded, clockEstimate, sleep, type Claims } from './coordination'
 import type { Routes } from './routes'
 
 /** Live messages held back during a catch-up, at most: past it they are dropped and read from the stream again. */
@@ -158,12 +158,11 @@ export class RedisDelivery {
   /** Estimates Redis's clock from this instance's, within half a round trip (kept in the margin). */
   async clock (): Promise<void> {
     const client = this.#client as Redis
-    const sent = Date.now()
-    const [seconds, micros] = await this.#bounded(client.time())
-    const now = Date.now()
-    this.#offset = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - Math.round((sent + now) / 2)
-    this.#margin = CLOCK_MARGIN + (now - sent)
-    this.#clockAt = now
+    const asked = Date.now()
+    const time = await this.#bounded(client.time())
+    const answered = Date.now()
+    ;({ offset: this.#offset, margin: this.#margin } = clockEstimate([String(time[0]), String(time[1])], asked, answered))
+    this.#clockAt = answered
   }
 
   /** A reconnected subscription: subscribe again, then read what was missed. */
