@@ -11,7 +11,7 @@ import { prng, sleep } from './helpers/clients'
 import { readEvents, type EventStream } from './helpers/read-events'
 import { Client, Switchboard, everyOnceInOrder, portOf } from './helpers/redis'
 import { start, until } from './helpers/server'
-import { clusterReady, startCluster, type RedisCluster } from './fixtures/redis-cluster'
+import { ask, clusterReady, startCluster, type RedisCluster } from './fixtures/redis-cluster'
 
 /** `/sse?id=&topics=a,b`: a source (identified when id is given) following `topics` from the start. */
 function routes (app: FastifyInstance): void {
@@ -70,20 +70,12 @@ if (clusterReady(tap)) {
   test('a publish resolves only once a replica holds it, even while the slot map lists none: with the replicas stopped it rejects', async t => {
     const prefix = uniquePrefix()
     const { app } = await instance(t, prefix, { publishTimeout: 1000 })
-    const ask = async <T>(port: number, ...args: string[]): Promise<T> => {
-      const redis = new Redis({ host: '127.0.0.1', port, lazyConnect: true, maxRetriesPerRequest: 1 })
-      try {
-        return await redis.call(args[0], ...args.slice(1)) as T
-      } finally {
-        redis.disconnect()
-      }
-    }
     const keys = { sequencer: `{${prefix}}plain`, topic: `${prefix}{t:room:a}` }
     const replicas = new Map<string, number>()
     for (const [name, key] of Object.entries(keys)) {
       const master = await cluster.masterOf(key)
-      const listed = (await ask<[number, number, ...unknown[]][]>(master, 'CLUSTER', 'SLOTS')).find(([from, to]) => slotOf(key) >= from && slotOf(key) <= to)
-      const role = await ask<[string, number, [string, string, string][]]>(master, 'ROLE')
+      const listed = (await ask(master, 'CLUSTER', 'SLOTS') as [number, number, ...unknown[]][]).find(([from, to]) => slotOf(key) >= from && slotOf(key) <= to)
+      const role = await ask(master, 'ROLE') as [string, number, [string, string, string][]]
       t.equal(role[2].length, 1, `the ${name}'s master has its replica online`)
       replicas.set(name, Number(role[2][0][1]))
       t.comment(`the slot map lists ${(listed?.length ?? 3) - 3} replica(s) for the ${name}'s slot`)

@@ -1,13 +1,12 @@
 import tap, { test } from 'tap'
 import { randomBytes } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
-import { Redis } from 'ioredis'
 import redisAdapter from '../lib/adapters/redis'
 import { sleep } from './helpers/clients'
 import { Client, everyOnceInOrder } from './helpers/redis'
 import { readEvents } from './helpers/read-events'
 import { start, until } from './helpers/server'
-import { clusterReady, startCluster, type KilledMaster, type RedisCluster } from './fixtures/redis-cluster'
+import { ask, clusterReady, startCluster, type KilledMaster, type RedisCluster } from './fixtures/redis-cluster'
 
 function routes (app: FastifyInstance): void {
   app.get<{ Querystring: { id?: string, topics?: string } }>('/sse', async request => {
@@ -52,14 +51,8 @@ if (clusterReady(tap)) {
       // With the default (yes), every master answers CLUSTERDOWN until the lost slot is served again. With the topic's
       // master killed, the cluster runs as many deployments do, so that the other shards go on serving meanwhile.
       const coverage = victim === 'topic' ? 'no' : 'yes'
-      await Promise.all(cluster.nodes.filter(node => node.child.exitCode === null && node.child.signalCode === null).map(async node => {
-        const redis = new Redis({ host: '127.0.0.1', port: node.port, lazyConnect: true, maxRetriesPerRequest: 1 })
-        try {
-          await redis.config('SET', 'cluster-require-full-coverage', coverage)
-        } finally {
-          redis.disconnect()
-        }
-      }))
+      await Promise.all(cluster.nodes.filter(node => node.child.exitCode === null && node.child.signalCode === null)
+        .map(async node => ask(node.port, 'CONFIG', 'SET', 'cluster-require-full-coverage', coverage)))
       const options = { nodes: cluster.startupNodes, channelPrefix: prefix, publishTimeout: 1000 }
       // FAILOVER_LOGS=<dir>: each instance's debug log there, to read after a failure.
       const logs = process.env.FAILOVER_LOGS
