@@ -1,5 +1,6 @@
 import tap, { test } from 'tap'
 import { randomBytes } from 'node:crypto'
+import { appendFileSync } from 'node:fs'
 import type { FastifyInstance } from 'fastify'
 import redisAdapter from '../lib/adapters/redis'
 import { sleep } from './helpers/clients'
@@ -54,9 +55,20 @@ if (clusterReady(tap)) {
       await Promise.all(cluster.nodes.filter(node => node.child.exitCode === null && node.child.signalCode === null)
         .map(async node => ask(node.port, 'CONFIG', 'SET', 'cluster-require-full-coverage', coverage)))
       const options = { nodes: cluster.startupNodes, channelPrefix: prefix, publishTimeout: 1000 }
-      // FAILOVER_LOGS=<dir>: each instance's debug log there, to read after a failure.
+      // Each instance's warnings are kept; FAILOVER_LOGS=<dir> also writes its debug log there, to read after a failure.
       const logs = process.env.FAILOVER_LOGS
-      const log = (name: string): object => logs === undefined ? {} : { logger: { level: 'debug', file: `${logs}/${name}-${victim}.log` } }
+      const warnings: Record<string, string[]> = { a: [], b: [] }
+      const log = (name: string): object => ({
+        logger: {
+          level: logs === undefined ? 'warn' : 'debug',
+          stream: {
+            write (line: string) {
+              if (logs !== undefined) appendFileSync(`${logs}/${name}-${victim}.log`, line)
+              if ((JSON.parse(line) as { level: number }).level >= 40) warnings[name].push(line)
+            }
+          }
+        }
+      })
       const a = await start(t, routes, { adapter: redisAdapter(options), retry: 20 }, log('a'))
       const b = await start(t, routes, { adapter: redisAdapter(options), retry: 20 }, log('b'))
       const query = `/sse?id=alice&topics=${doomed},${other}`
@@ -109,6 +121,12 @@ if (clusterReady(tap)) {
       if (victim === 'topic') t.same(bothRejected, [], `no publish to both topics rejected while ${doomed}'s master was down`)
       // The time is measured and reported, not asserted: a threshold would fail on a loaded machine (1.5–3.6 s here).
       t.ok(backAfter < 15_000, 'back before the test gave up')
+
+      // One master lost: each instance subscribes again once for what it had there, however many attempts that takes.
+      for (const name of ['a', 'b']) {
+        const lost = warnings[name].filter(line => line.includes('lost a Redis Cluster shard subscription')).length
+        t.ok(lost <= 1, `instance ${name} lost its subscriptions on the killed master once (${lost} times)`)
+      }
 
       const received = (): string[] => live.events.filter(e => e.type === 'message').map(e => e.data)
       const published = new Set([...resolved, ...rejected])

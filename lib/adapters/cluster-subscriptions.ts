@@ -272,18 +272,21 @@ export class ClusterSubscriptions {
       const key = client.slots[slot]?.[0]
       if (key === undefined) throw new Error(`no master known for slot ${slot}`)
       const shard = this.#shard(key)
-      for (const channel of list) {
-        channel.shard = shard
-        shard.channels.add(channel)
-      }
+      for (const channel of list) channel.shard = shard
       try {
         await shard.connection.ssubscribe(...list.map(channel => channel.name))
+        // Lost before the reply was read: the caller tries again.
+        if (shard.retired) throw new Error(`the connection to ${key} ended`)
       } catch (err) {
-        for (const channel of list) {
-          if (channel.shard === shard) channel.shard = undefined
-          shard.channels.delete(channel)
-        }
+        for (const channel of list) if (channel.shard === shard) channel.shard = undefined
         throw err
+      }
+      // A shard's channels are those subscribed: a connection that fails while subscribing is this call's to retry,
+      // not a lost subscription (each failed attempt would start one more catch-up).
+      for (const channel of list) {
+        const current = this.#channels.get(channel.name)
+        if (current === channel) shard.channels.add(channel)
+        else if (current === undefined) shard.connection.sunsubscribe(channel.name).catch(() => {})
       }
     }))
   }
