@@ -19,23 +19,27 @@ function routes (app: FastifyInstance): void {
   })
 }
 
-/** Two topics, one on the master that is killed and one on another, and the sequencer on the third. */
-async function layout (cluster: RedisCluster, victim: 'topic' | 'sequencer', replicaless: Set<number>): Promise<{ prefix: string, doomed: string, other: string }> {
-  let prefix = ''
-  for (let n = 0; n < 1000 && prefix === ''; n++) {
-    const candidate = `fes-failover:${randomBytes(3).toString('hex')}:`
-    if (victim === 'topic' || !replicaless.has(await cluster.masterOf(`{${candidate}}`))) prefix = candidate
+/**
+ * `count` topics, each on its own master and none on the sequencer's: the first (doomed) on a master with a replica
+ * when it is the victim, and the sequencer on a master with a replica when it is.
+ */
+async function layout (cluster: RedisCluster, victim: 'topic' | 'sequencer', replicaless: Set<number>, count = 2): Promise<{ prefix: string, doomed: string, other: string }> {
+  for (let n = 0; n < 100; n++) {
+    const prefix = `fes-failover:${randomBytes(3).toString('hex')}:`
+    const sequencer = await cluster.masterOf(`{${prefix}}`)
+    if (victim === 'sequencer' && replicaless.has(sequencer)) continue
+    const taken = new Set([sequencer])
+    const topics: string[] = []
+    // Three masters: 30 keys miss one with a chance of (2/3)^30.
+    for (let i = 0; topics.length < count && i < 30; i++) {
+      const master = await cluster.masterOf(`${prefix}{t:room:${i}}`)
+      if (taken.has(master) || (victim === 'topic' && topics.length === 0 && replicaless.has(master))) continue
+      taken.add(master)
+      topics.push(`room:${i}`)
+    }
+    if (topics.length === count) return { prefix, doomed: topics[0], other: topics[1] }
   }
-  const taken = new Set([await cluster.masterOf(`{${prefix}}`)])
-  const topics: string[] = []
-  for (let n = 0; topics.length < 2 && n < 1000; n++) {
-    const master = await cluster.masterOf(`${prefix}{t:room:${n}}`)
-    if (taken.has(master) || (victim === 'topic' && topics.length === 0 && replicaless.has(master))) continue
-    taken.add(master)
-    topics.push(`room:${n}`)
-  }
-  if (topics.length < 2) throw new Error('no two topics on the two masters without the sequencer')
-  return { prefix, doomed: topics[0], other: topics[1] }
+  throw new Error(`no prefix with ${count} topics on masters of their own`)
 }
 
 if (clusterReady(tap)) {
@@ -52,8 +56,7 @@ if (clusterReady(tap)) {
       // With the default (yes), every master answers CLUSTERDOWN until the lost slot is served again. With the topic's
       // master killed, the cluster runs as many deployments do, so that the other shards go on serving meanwhile.
       const coverage = victim === 'topic' ? 'no' : 'yes'
-      await Promise.all(cluster.nodes.filter(node => node.child.exitCode === null && node.child.signalCode === null)
-        .map(async node => ask(node.port, 'CONFIG', 'SET', 'cluster-require-full-coverage', coverage)))
+      await Promise.all(cluster.alive().map(async node => ask(node.port, 'CONFIG', 'SET', 'cluster-require-full-coverage', coverage)))
       const options = { nodes: cluster.startupNodes, channelPrefix: prefix, publishTimeout: 1000 }
       // Each instance's warnings are kept; FAILOVER_LOGS=<dir> also writes its debug log there, to read after a failure.
       const logs = process.env.FAILOVER_LOGS
@@ -146,4 +149,54 @@ if (clusterReady(tap)) {
       t.comment(`${rejected.length - lost.length} of the ${rejected.length} rejected publishes were applied anyway (a timeout after the write)`)
     })
   }
+
+  // A master that stops answering without closing its connections (a partition, a frozen host) sends no `end`: its
+  // replica takes over, and the instances must notice from the slot map that their subscriptions there are dead.
+  test('a topic\'s master frozen (connections open, no answer): its replica takes over, and the open stream and a resume get every resolved message once, in order', async t => {
+    const { prefix, doomed } = await layout(cluster, 'topic', replicaless, 1)
+    await Promise.all(cluster.alive().map(async node => ask(node.port, 'CONFIG', 'SET', 'cluster-require-full-coverage', 'no')))
+    const options = { nodes: cluster.startupNodes, channelPrefix: prefix, publishTimeout: 1000 }
+    const a = await start(t, routes, { adapter: redisAdapter(options), retry: 20 })
+    const b = await start(t, routes, { adapter: redisAdapter(options), retry: 20 })
+    const query = `/sse?id=alice&topics=${doomed}`
+    const live = new Client(t, a.url + query, undefined, ['reset'])
+    await until(() => live.opens === 1 && a.app.eventSources.subscribers(doomed).length === 1, 5000, 'the live stream')
+    await sleep(50)
+
+    const resolved: string[] = []
+    const rejected: string[] = []
+    let n = 0
+    const publish = async (): Promise<boolean> => {
+      const text = String(++n)
+      try {
+        await b.app.eventSources.publish(text, { to: { topic: doomed } })
+        resolved.push(text)
+        return true
+      } catch (err) {
+        t.equal((err as { code?: string }).code, 'FST_ERR_SSE_PUBLISH_FAILED', `publish ${text} rejects with the publish error`)
+        rejected.push(text)
+        await sleep(20)
+        return false
+      }
+    }
+    for (let i = 0; i < 20; i++) await publish()
+    const frozen = await cluster.freezeMaster(`${prefix}{t:${doomed}}`)
+    replicaless.add(frozen.promoted)
+    const deadline = Date.now() + 15_000
+    while (!(await publish()) && Date.now() < deadline);
+    for (let i = 0; i < 30; i++) await publish()
+    t.comment(`${resolved.length} publishes resolved, ${rejected.length} rejected`)
+    t.ok(resolved.length >= 50, 'publishing to the topic works again on its promoted replica')
+
+    const received = (): string[] => live.events.filter(e => e.type === 'message').map(e => e.data)
+    const published = new Set([...resolved, ...rejected])
+    await everyOnceInOrder(t, received, resolved, published, 'the live stream')
+    t.equal(live.opens, 1, 'the live stream stayed open')
+
+    const first = live.events.find(e => e.type === 'message' && e.data === resolved[0])
+    const resumed = await readEvents(b.url + query, { 'last-event-id': first?.id ?? '' })
+    t.teardown(resumed.close)
+    await everyOnceInOrder(t, () => resumed.events.map(e => e.data), resolved.slice(1), published, 'the replay')
+    t.same(resumed.events.filter(e => e.event === 'reset'), [], 'no gap in the history')
+  })
 }

@@ -14,6 +14,8 @@ const LINGER = 2000
 /** A channel this instance listens to, and the stream that holds what it carries. */
 export interface Channel {
   name: string
+  /** Its slot, which the master it is subscribed on must serve. */
+  slot: number
   /** The stream behind it (undefined: claims and control, which keep no history). */
   stream: string | undefined
   /** Its stream is a topic's, which Redis drops when idle for ttl. */
@@ -77,6 +79,7 @@ export class ClusterSubscriptions {
   /** Channels to subscribe at the next microtask, gathered. */
   #toSubscribe = new Set<Channel>()
   #lingerTimer: NodeJS.Timeout | undefined
+  #onRefresh = (): void => this.#checkPlacement()
 
   constructor (setup: SubscriptionsSetup) {
     this.#host = setup.host
@@ -96,8 +99,9 @@ export class ClusterSubscriptions {
    */
   async start (shared: [name: string, stream: string | undefined, keep: Channel['keep']][]): Promise<void> {
     for (const [name, stream, keep] of shared) {
-      this.#channels.set(name, { name, stream: this.#history === undefined ? undefined : stream, topicStream: false, keep, cursor: undefined, shard: undefined })
+      this.#channels.set(name, { name, slot: slotOf(name), stream: this.#history === undefined ? undefined : stream, topicStream: false, keep, cursor: undefined, shard: undefined })
     }
+    this.#client.on('refresh', this.#onRefresh)
     await this.#bounded(this.#subscribe([...this.#channels.values()]))
     const masters = this.#client.nodes('master')
     for (const node of masters) this.#shard(`${node.options.host ?? '127.0.0.1'}:${node.options.port ?? 6379}`)
@@ -111,6 +115,7 @@ export class ClusterSubscriptions {
 
   close (): void {
     this.#closed = true
+    this.#client.off('refresh', this.#onRefresh)
     clearInterval(this.#lingerTimer)
     for (const shard of this.#shards.values()) this.#retire(shard)
     this.#shards.clear()
@@ -147,7 +152,7 @@ export class ClusterSubscriptions {
     const history = this.#history !== undefined
     const name = key.slice(2)
     const channel = (channel: string, stream: string, topicStream: boolean, keep: Channel['keep']): Channel =>
-      ({ name: channel, stream: history ? stream : undefined, topicStream, keep, cursor: undefined, shard: undefined })
+      ({ name: channel, slot: slotOf(channel), stream: history ? stream : undefined, topicStream, keep, cursor: undefined, shard: undefined })
     if (key.startsWith('i:')) return [channel(keys.identifier(name), keys.plain, false, message => message.to === name)]
     return [
       channel(keys.topic(name), keys.topic(name), true, undefined),
@@ -263,9 +268,8 @@ export class ClusterSubscriptions {
     const client = this.#client
     const bySlot = new Map<number, Channel[]>()
     for (const channel of channels) {
-      const slot = slotOf(channel.name)
-      let list = bySlot.get(slot)
-      if (list === undefined) bySlot.set(slot, (list = []))
+      let list = bySlot.get(channel.slot)
+      if (list === undefined) bySlot.set(channel.slot, (list = []))
       list.push(channel)
     }
     await Promise.all([...bySlot].map(async ([slot, list]) => {
@@ -324,6 +328,27 @@ export class ClusterSubscriptions {
     // A subscribe still in flight when the adapter closed would otherwise leave this connection open.
     if (this.#closed) this.#retire(shard)
     return shard
+  }
+
+  /**
+   * After each refresh of the slot map: a connection to a node that no longer serves one of its channels' slots is
+   * dropped and its channels placed again. A master that died closes its connections, but one that stopped answering
+   * (a partition, a frozen host) does not, and its subscriptions would stay silent while its replica serves the slot.
+   */
+  #checkPlacement (): void {
+    if (this.#closed) return
+    const slots = this.#client.slots
+    for (const shard of [...this.#shards.values()]) {
+      if (shard.retired) continue
+      for (const channel of shard.channels) {
+        const serving = slots[channel.slot]?.[0]
+        if (serving === undefined || serving === shard.key) continue
+        this.#host.log.info({ node: shard.key, now: serving }, 'fastify-event-sources: a Redis Cluster slot is served by another node; subscribing again there')
+        this.#lost(shard)
+        shard.connection.disconnect()
+        break
+      }
+    }
   }
 
   #retire (shard: Shard): void {
