@@ -212,7 +212,10 @@ export class ClusterSubscriptions {
       clearTimeout(timer)
       release?.()
     }
+    /** Deliveries went on without these channels: what their reads find behind them was missed here. */
+    let overdue = false
     const timer = setTimeout(() => {
+      overdue = true
       this.#host.log.warn({ channels: channels.length }, 'fastify-event-sources: a Redis Cluster shard is still unreachable; delivering the other shards\' messages')
       resume()
     }, Math.max(this.#timeout, FAILOVER_WAIT))
@@ -232,14 +235,14 @@ export class ClusterSubscriptions {
               if (channel.stream === undefined) return
               // Live messages may come in meanwhile: the read is deduplicated by id, not by position.
               const cursor = cursors.get(channel)
-              const known = cursor !== undefined
+              const known = cursor !== undefined || lost
               const start = cursor ?? from
               const read = await this.#bounded(history.readStream(channel.stream, start, channel.topicStream))
               if (read.gap && known) order.gap(start)
               for (const entry of read.entries) {
                 if (channel.cursor === undefined || isAfter(entry.pos, channel.cursor)) channel.cursor = entry.pos
                 if (channel.keep !== undefined && !channel.keep(entry.message)) continue
-                order.absorb(entry, known)
+                order.absorb(entry, known || overdue)
               }
               // Read up to here: a message on this channel that comes after its turn from now on was missed.
               channel.cursor ??= start
