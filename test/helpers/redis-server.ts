@@ -14,10 +14,13 @@ async function isFree (port: number): Promise<boolean> {
   })
 }
 
-/** A port below the ephemeral range, so nothing else takes it between a stop and a restart. */
+/**
+ * A port below the ephemeral range (32768 and up), so nothing else takes it between a stop and a restart, and above
+ * the cluster fixture's ports (10000 to 29999), so a test file beside a cluster's cannot pick one of them.
+ */
 export async function freePort (): Promise<number> {
   for (let i = 0; i < 50; i++) {
-    const port = 20000 + Math.floor(Math.random() * 12000)
+    const port = 30000 + Math.floor(Math.random() * 2700)
     if (await isFree(port)) return port
   }
   throw new Error('no free port found')
