@@ -1,8 +1,11 @@
-import tap, { test } from 'tap'
+import tap, { test, type Test } from 'tap'
 import { randomBytes } from 'node:crypto'
 import { appendFileSync } from 'node:fs'
+import { connect, createServer, type Socket } from 'node:net'
 import type { FastifyInstance } from 'fastify'
+import { Cluster } from 'ioredis'
 import redisAdapter from '../lib/adapters/redis'
+import { closeCluster } from '../lib/adapters/coordination'
 import { sleep } from './helpers/clients'
 import { Client, everyOnceInOrder } from './helpers/redis'
 import { readEvents } from './helpers/read-events'
@@ -40,6 +43,46 @@ async function layout (cluster: RedisCluster, victim: 'topic' | 'sequencer', rep
     if (topics.length === count) return { prefix, doomed: topics[0], other: topics[1] }
   }
   throw new Error(`no prefix with ${count} topics on masters of their own`)
+}
+
+/**
+ * A TCP proxy to one node whose replies can be held back, as on a congested link; an ioredis `natMap` puts it in the
+ * node's place for one client.
+ */
+async function stallingProxy (t: Test, port: number): Promise<{ port: number, stall: (on: boolean) => void }> {
+  const links = new Set<{ client: Socket, held: Buffer[] | undefined }>()
+  let stalled = false
+  const server = createServer(client => {
+    const upstream = connect(port, '127.0.0.1')
+    const link = { client, held: stalled ? [] as Buffer[] : undefined }
+    links.add(link)
+    client.on('data', chunk => upstream.write(chunk))
+    upstream.on('data', chunk => { if (link.held !== undefined) link.held.push(chunk); else client.write(chunk) })
+    const end = (): void => {
+      links.delete(link)
+      client.destroy()
+      upstream.destroy()
+    }
+    for (const socket of [client, upstream]) socket.on('error', end).on('close', end)
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    for (const { client } of links) client.destroy()
+    server.close()
+  })
+  return {
+    port: (server.address() as { port: number }).port,
+    stall (on) {
+      stalled = on
+      for (const link of links) {
+        if (on) link.held ??= []
+        else if (link.held !== undefined) {
+          for (const chunk of link.held) link.client.write(chunk)
+          link.held = undefined
+        }
+      }
+    }
+  }
 }
 
 if (clusterReady(tap)) {
@@ -198,5 +241,34 @@ if (clusterReady(tap)) {
     t.teardown(resumed.close)
     await everyOnceInOrder(t, () => resumed.events.map(e => e.data), resolved.slice(1), published, 'the replay')
     t.same(resumed.events.filter(e => e.event === 'reset'), [], 'no gap in the history')
+  })
+
+  // A new stream's first follower of a topic subscribes and reads the topic's stream while deliveries wait, for 5 s at
+  // most. A message its read finds only later, behind what was delivered meanwhile, still reaches it, with a reset.
+  test('a shard\'s replies held back longer than a new subscription waits: what it held reaches the new stream late, with a reset, not never', async t => {
+    const { prefix, doomed: slow, other: busy } = await layout(cluster, 'topic', new Set())
+    const node = await cluster.masterOf(`${prefix}{t:${slow}}`)
+    const proxy = await stallingProxy(t, node)
+    // Instance a reaches that master only through the proxy (its slot map names the node by its own address).
+    const client = new Cluster(cluster.startupNodes, { natMap: { [`127.0.0.1:${node}`]: { host: '127.0.0.1', port: proxy.port } }, slotsRefreshInterval: 1000 })
+    t.teardown(async () => closeCluster(client, 2000))
+    const a = await start(t, routes, { adapter: redisAdapter({ client, channelPrefix: prefix, publishTimeout: 1000 }) })
+    const b = await start(t, routes, { adapter: redisAdapter({ nodes: cluster.startupNodes, channelPrefix: prefix, publishTimeout: 1000 }) })
+    const moving = new Client(t, `${a.url}/sse?id=carol&topics=${busy}`, undefined, ['reset'])
+    await until(() => moving.opens === 1 && a.app.eventSources.subscribers(busy).length === 1, 5000, 'the stream on the other topic')
+
+    proxy.stall(true)
+    const late = new Client(t, `${a.url}/sse?id=dave&topics=${slow}`, undefined, ['reset'])
+    await until(() => late.opens === 1 && a.app.eventSources.subscribers(slow).length === 1, 5000, 'the stream on the held-back shard\'s topic')
+    await b.app.eventSources.publish('held', { to: { topic: slow } })
+    for (let n = 1; n <= 5; n++) await b.app.eventSources.publish(`moved on ${n}`, { to: { topic: busy } })
+    // After 5 s the other topic's messages go out, past the one still held back.
+    await until(() => moving.data.includes('moved on 5'), 15_000, 'the other topic\'s messages')
+    proxy.stall(false)
+
+    await until(() => late.data.includes('held'), 10_000, 'the held-back message').catch(() => {})
+    t.same(late.events.filter(e => e.type === 'message').map(e => e.data), ['held'], 'the new stream got the message once')
+    t.ok(late.events.some(e => e.type === 'reset'), 'and a reset: it came after later messages')
+    t.same(moving.events.filter(e => e.type === 'message').map(e => e.data), ['moved on 1', 'moved on 2', 'moved on 3', 'moved on 4', 'moved on 5'], 'the other stream got its messages in order')
   })
 }
