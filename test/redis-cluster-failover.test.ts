@@ -222,14 +222,29 @@ if (clusterReady(tap)) {
         return false
       }
     }
+    // A second topic of the same master, first followed while the master is frozen: its subscribe gets no answer.
+    const victim = await cluster.masterOf(`${prefix}{t:${doomed}}`)
+    let second = ''
+    for (let i = 0; second === '' && i < 200; i++) if (await cluster.masterOf(`${prefix}{t:later:${i}}`) === victim) second = `later:${i}`
     for (let i = 0; i < 20; i++) await publish()
-    const frozen = await cluster.freezeMaster(`${prefix}{t:${doomed}}`)
+    const freezing = cluster.freezeMaster(`${prefix}{t:${doomed}}`)
+    await sleep(100)
+    const newcomer = new Client(t, `${a.url}/sse?id=erin&topics=${second}`, undefined, ['reset'])
+    await until(() => newcomer.opens === 1 && a.app.eventSources.subscribers(second).length === 1, 5000, 'the stream opened during the freeze')
+    const frozen = await freezing
     replicaless.add(frozen.promoted)
     const deadline = Date.now() + 15_000
     while (!(await publish()) && Date.now() < deadline);
     for (let i = 0; i < 30; i++) await publish()
     t.comment(`${resolved.length} publishes resolved, ${rejected.length} rejected`)
     t.ok(resolved.length >= 50, 'publishing to the topic works again on its promoted replica')
+    const toSecond: string[] = []
+    for (let i = 1; i <= 10; i++) {
+      await b.app.eventSources.publish(`second ${i}`, { to: { topic: second } })
+      toSecond.push(`second ${i}`)
+    }
+    const secondReceived = (): string[] => newcomer.events.filter(e => e.type === 'message').map(e => e.data)
+    await everyOnceInOrder(t, secondReceived, toSecond, new Set(toSecond), 'the stream opened during the freeze')
 
     const received = (): string[] => live.events.filter(e => e.type === 'message').map(e => e.data)
     const published = new Set([...resolved, ...rejected])

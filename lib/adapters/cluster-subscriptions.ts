@@ -279,13 +279,18 @@ export class ClusterSubscriptions {
       const key = client.slots[slot]?.[0]
       if (key === undefined) throw new Error(`no master known for slot ${slot}`)
       const shard = this.#shard(key)
+      const names = list.map(channel => channel.name)
       for (const channel of list) channel.shard = shard
       try {
-        await shard.connection.ssubscribe(...list.map(channel => channel.name))
+        // Bounded here, so that a node that does not answer (frozen, cut off) leaves these channels to be placed again
+        // by the next attempt, not waiting on its connection for ever.
+        await this.#bounded(shard.connection.ssubscribe(...names))
         // Lost before the reply was read: the caller tries again.
         if (shard.retired) throw new Error(`the connection to ${key} ended`)
       } catch (err) {
         for (const channel of list) if (channel.shard === shard) channel.shard = undefined
+        // Should the node answer after all, it drops them again (in order, before any later subscribe there).
+        if (!shard.retired) shard.connection.sunsubscribe(...names).catch(() => {})
         throw err
       }
       // A shard's channels are those subscribed: a connection that fails while subscribing is this call's to retry,
