@@ -180,9 +180,12 @@ if (clusterReady(tap)) {
       t.equal(live.opens, 1, 'the live stream stayed open')
       t.comment(`live: ${received().length} messages, ${live.events.filter(e => e.type === 'reset').length} resets`)
 
-      // Resuming on the other instance from the first message: every resolved one, once, in order.
+      // Resuming on the other instance from the first message: every resolved one, once, in order. The live client
+      // goes first: left open, it is replaced by the resume (newest wins), reconnects at once, and replaces the resume.
       const first = live.events.find(e => e.type === 'message' && e.data === resolved[0])
       t.ok(first !== undefined)
+      live.close()
+      await until(() => a.app.eventSources.getByIdentifier('alice') === undefined, 5000, 'the live stream to close')
       const resumed = await readEvents(b.url + query, { 'last-event-id': first?.id ?? '' })
       t.teardown(resumed.close)
       const replayed = (): string[] => resumed.events.map(e => e.data)
@@ -252,6 +255,8 @@ if (clusterReady(tap)) {
     t.equal(live.opens, 1, 'the live stream stayed open')
 
     const first = live.events.find(e => e.type === 'message' && e.data === resolved[0])
+    live.close()
+    await until(() => a.app.eventSources.getByIdentifier('alice') === undefined, 5000, 'the live stream to close')
     const resumed = await readEvents(b.url + query, { 'last-event-id': first?.id ?? '' })
     t.teardown(resumed.close)
     await everyOnceInOrder(t, () => resumed.events.map(e => e.data), resolved.slice(1), published, 'the replay')
