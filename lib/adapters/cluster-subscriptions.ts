@@ -102,7 +102,7 @@ export class ClusterSubscriptions {
       this.#channels.set(name, { name, slot: slotOf(name), stream: this.#history === undefined ? undefined : stream, topicStream: false, keep, cursor: undefined, shard: undefined })
     }
     this.#client.on('refresh', this.#onRefresh)
-    await this.#bounded(this.#subscribe([...this.#channels.values()]))
+    await this.#subscribe([...this.#channels.values()])
     const masters = this.#client.nodes('master')
     for (const node of masters) this.#shard(`${node.options.host ?? '127.0.0.1'}:${node.options.port ?? 6379}`)
     await this.#bounded(Promise.all(masters.map(node => node.ping())))
@@ -227,7 +227,7 @@ export class ClusterSubscriptions {
         const wanted = channels.filter(channel => this.#channels.get(channel.name) === channel)
         try {
           if (attempt > 0 || lost) await this.refreshSlots()
-          await this.#bounded(this.#subscribe(wanted.filter(channel => channel.shard === undefined)))
+          await this.#subscribe(wanted.filter(channel => channel.shard === undefined))
           const history = this.#history
           const order = this.#order
           if (history !== undefined && order !== undefined) {
@@ -266,7 +266,7 @@ export class ClusterSubscriptions {
     await this.#bounded(new Promise<void>(resolve => client.refreshSlotsCache(() => resolve())))
   }
 
-  /** SSUBSCRIBEs each channel on the master serving its slot (one command per slot, as Redis requires). */
+  /** SSUBSCRIBEs each channel on the master serving its slot (one command per slot, as Redis requires), each within publishTimeout. */
   async #subscribe (channels: Channel[]): Promise<void> {
     const client = this.#client
     const bySlot = new Map<number, Channel[]>()
