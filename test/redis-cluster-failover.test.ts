@@ -85,6 +85,24 @@ async function stallingProxy (t: Test, port: number): Promise<{ port: number, st
   }
 }
 
+/**
+ * Resumes alice's stream at `url` (the other instance) from the first resolved message: every resolved one after it,
+ * once, in order, with no reset. The live client on `app` closes first: left open, it would be replaced by the resume
+ * (newest wins), reconnect at once, and replace the resume in turn. Returns what the resume received.
+ */
+async function resumeElsewhere (t: Test, live: Client, app: FastifyInstance, url: string, resolved: string[], published: Set<string>): Promise<() => string[]> {
+  const first = live.events.find(e => e.type === 'message' && e.data === resolved[0])
+  t.ok(first !== undefined, 'the live stream got the first resolved message')
+  live.close()
+  await until(() => app.eventSources.getByIdentifier('alice') === undefined, 5000, 'the live stream to close')
+  const resumed = await readEvents(url, { 'last-event-id': first?.id ?? '' })
+  t.teardown(resumed.close)
+  const replayed = (): string[] => resumed.events.map(e => e.data)
+  await everyOnceInOrder(t, replayed, resolved.slice(1), published, 'the replay')
+  t.same(resumed.events.filter(e => e.event === 'reset'), [], 'no gap in the history')
+  return replayed
+}
+
 if (clusterReady(tap)) {
   let cluster: RedisCluster
   tap.before(async () => { cluster = await startCluster() })
@@ -180,17 +198,7 @@ if (clusterReady(tap)) {
       t.equal(live.opens, 1, 'the live stream stayed open')
       t.comment(`live: ${received().length} messages, ${live.events.filter(e => e.type === 'reset').length} resets`)
 
-      // Resuming on the other instance from the first message: every resolved one, once, in order. The live client
-      // goes first: left open, it is replaced by the resume (newest wins), reconnects at once, and replaces the resume.
-      const first = live.events.find(e => e.type === 'message' && e.data === resolved[0])
-      t.ok(first !== undefined)
-      live.close()
-      await until(() => a.app.eventSources.getByIdentifier('alice') === undefined, 5000, 'the live stream to close')
-      const resumed = await readEvents(b.url + query, { 'last-event-id': first?.id ?? '' })
-      t.teardown(resumed.close)
-      const replayed = (): string[] => resumed.events.map(e => e.data)
-      await everyOnceInOrder(t, replayed, resolved.slice(1), published, 'the replay')
-      t.same(resumed.events.filter(e => e.event === 'reset'), [], 'no gap in the history')
+      const replayed = await resumeElsewhere(t, live, a.app, b.url + query, resolved, published)
       const lost = rejected.filter(text => !replayed().includes(text))
       t.comment(`${rejected.length - lost.length} of the ${rejected.length} rejected publishes were applied anyway (a timeout after the write)`)
     })
@@ -254,13 +262,7 @@ if (clusterReady(tap)) {
     await everyOnceInOrder(t, received, resolved, published, 'the live stream')
     t.equal(live.opens, 1, 'the live stream stayed open')
 
-    const first = live.events.find(e => e.type === 'message' && e.data === resolved[0])
-    live.close()
-    await until(() => a.app.eventSources.getByIdentifier('alice') === undefined, 5000, 'the live stream to close')
-    const resumed = await readEvents(b.url + query, { 'last-event-id': first?.id ?? '' })
-    t.teardown(resumed.close)
-    await everyOnceInOrder(t, () => resumed.events.map(e => e.data), resolved.slice(1), published, 'the replay')
-    t.same(resumed.events.filter(e => e.event === 'reset'), [], 'no gap in the history')
+    await resumeElsewhere(t, live, a.app, b.url + query, resolved, published)
   })
 
   // A new stream's first follower of a topic subscribes and reads the topic's stream while deliveries wait, for 5 s at
