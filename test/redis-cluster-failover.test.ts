@@ -293,4 +293,51 @@ if (clusterReady(tap)) {
     t.ok(late.events.some(e => e.type === 'reset'), 'and a reset: it came after later messages')
     t.same(moving.events.filter(e => e.type === 'message').map(e => e.data), ['moved on 1', 'moved on 2', 'moved on 3', 'moved on 4', 'moved on 5'], 'the other stream got its messages in order')
   })
+
+  // A master that stops answering with nobody to take over keeps its slots, and its connections stay open and silent.
+  // An instance waits for each subscribed shard to answer a PING before it delivers past the watermark: it stops
+  // waiting for this one after 5 s, and waits for it again once it answers.
+  test('a shard frozen with no replica to take over: the other shards\' messages still go out, and the frozen one\'s once it answers again', async t => {
+    const { prefix, doomed: stuck, other: busy } = await layout(cluster, 'topic', new Set())
+    await Promise.all(cluster.alive().map(async node => ask(node.port, 'CONFIG', 'SET', 'cluster-require-full-coverage', 'no')))
+    const options = { nodes: cluster.startupNodes, channelPrefix: prefix, publishTimeout: 1000 }
+    const a = await start(t, routes, { adapter: redisAdapter(options) })
+    const b = await start(t, routes, { adapter: redisAdapter(options) })
+    const waiting = new Client(t, `${a.url}/sse?id=dave&topics=${stuck}`, undefined, ['reset'])
+    const moving = new Client(t, `${a.url}/sse?id=carol&topics=${busy}`, undefined, ['reset'])
+    const sources = a.app.eventSources
+    await until(() => waiting.opens === 1 && moving.opens === 1 && sources.subscribers(stuck).length === 1 && sources.subscribers(busy).length === 1, 5000, 'the streams')
+    await b.app.eventSources.publish('before', { to: { topic: stuck } })
+    await until(() => waiting.data.includes('before'), 5000, 'the message before the freeze')
+
+    const shard = await cluster.freezeShard(`${prefix}{t:${stuck}}`)
+    let thawed = false
+    t.teardown(async () => { if (!thawed) await shard.thaw() })
+    const frozenAt = Date.now()
+    const sent: string[] = []
+    for (let n = 1; n <= 5; n++) {
+      await b.app.eventSources.publish(`moving ${n}`, { to: { topic: busy } })
+      sent.push(`moving ${n}`)
+    }
+    await until(() => moving.data.length === sent.length, 15_000, 'the other shard\'s messages').catch(() => {})
+    t.same(moving.data, sent, 'the stream on the other shard got its messages, in order, while the shard was frozen')
+    t.comment(`delivered ${Date.now() - frozenAt} ms after the freeze (the shard's master ${shard.master}, replica ${shard.replica ?? 'none'})`)
+
+    await shard.thaw()
+    thawed = true
+    let resolved: string | undefined
+    for (let i = 1; resolved === undefined && i <= 50; i++) {
+      try {
+        await b.app.eventSources.publish(`after ${i}`, { to: { topic: stuck } })
+        resolved = `after ${i}`
+      } catch {
+        await sleep(100)
+      }
+    }
+    t.ok(resolved !== undefined, 'publishing to the thawed shard works again')
+    await until(() => waiting.data.includes(resolved as string), 10_000, 'the thawed shard\'s message').catch(() => {})
+    t.same(waiting.data.filter(text => text === 'before' || text === resolved), ['before', resolved], 'the stream on the thawed shard gets its messages again')
+    t.equal(new Set(waiting.data).size, waiting.data.length, 'each once')
+    t.ok(waiting.opens === 1 && moving.opens === 1, 'both streams stayed open')
+  })
 }

@@ -30,7 +30,10 @@ export class InOrder {
   #barrier: () => Promise<unknown>
   #timeout: number
 
-  /** `barrier`: resolves once every connection messages arrive on has passed on all it had before the call. */
+  /**
+   * `barrier`: resolves once every connection messages arrive on has passed on all it had before the call (or was left
+   * out for not answering), and rejects when one closed.
+   */
   constructor (host: AdapterHost, history: RedisClusterHistory, barrier: () => Promise<unknown>, timeout: number) {
     this.#host = host
     this.#history = history
@@ -120,9 +123,10 @@ export class InOrder {
       }
       if (this.#pauses > 0) return
       // A write the watermark counts as complete was published on its shard before the watermark was read, but its
-      // message may still be on its way over that shard's connection: a PING sent now is answered after it.
+      // message may still be on its way over that shard's connection: a PING sent now is answered after it. (The
+      // barrier bounds its own wait.)
       try {
-        await bounded(this.#barrier(), this.#timeout)
+        await this.#barrier()
       } catch (err) {
         this.#host.log.debug({ err }, 'fastify-event-sources: a Redis Cluster shard did not answer; retrying')
         await sleep(100)

@@ -40,6 +40,8 @@ interface Shard {
   connection: Redis
   channels: Set<Channel>
   retired: boolean
+  /** Did not answer the last barrier in time: left out of the barriers until it answers. */
+  silent: boolean
 }
 
 export interface SubscriptionsSetup {
@@ -320,7 +322,7 @@ export class ClusterSubscriptions {
       // A lost master is not waited for: its channels go to whichever node serves their slots now.
       retryStrategy: () => null
     })
-    const shard: Shard = { key, connection, channels: new Set(), retired: false }
+    const shard: Shard = { key, connection, channels: new Set(), retired: false, silent: false }
     this.#shards.set(key, shard)
     connection.on('error', (err: Error) => this.#host.log.debug({ err, node: key }, 'fastify-event-sources: Redis Cluster subscriber error'))
     connection.on('smessage', (name: string, payload: string) => this.#onMessage(name, payload))
@@ -375,11 +377,30 @@ export class ClusterSubscriptions {
     this.#catchUp(channels, this.#order?.released ?? '0-0', true)
   }
 
-  /** Resolves once every shard connection with a subscription has sent all it had before this call. */
+  /**
+   * Resolves once every shard connection with a subscription has sent all it had before this call. A shard that does
+   * not answer within publishTimeout (at least FAILOVER_WAIT) is left out until it answers again: a master that stopped
+   * answering with no replica to take over keeps its slots, and would hold up every shard's messages. What it sends
+   * once it answers is then late here, and reported as a gap.
+   */
   async barrier (): Promise<unknown> {
-    const pings: Promise<unknown>[] = []
-    for (const shard of this.#shards.values()) if (!shard.retired && shard.channels.size > 0) pings.push(shard.connection.ping())
-    return Promise.all(pings)
+    const answers: Promise<void>[] = []
+    for (const shard of this.#shards.values()) if (!shard.retired && !shard.silent && shard.channels.size > 0) answers.push(this.#answer(shard))
+    return Promise.all(answers)
+  }
+
+  async #answer (shard: Shard): Promise<void> {
+    const ping = shard.connection.ping()
+    let timer: NodeJS.Timeout | undefined
+    const silence = new Promise<false>(resolve => { timer = setTimeout(resolve, Math.max(this.#timeout, FAILOVER_WAIT), false) })
+    const answered = await Promise.race([ping.then(() => true), silence]).finally(() => clearTimeout(timer))
+    if (answered || shard.retired || this.#closed) return
+    shard.silent = true
+    this.#host.log.warn({ node: shard.key }, 'fastify-event-sources: a Redis Cluster shard does not answer; delivering the other shards\' messages without it')
+    ping.then(() => {
+      shard.silent = false
+      if (!shard.retired && !this.#closed) this.#host.log.info({ node: shard.key }, 'fastify-event-sources: a Redis Cluster shard answers again')
+    }, () => {})
   }
 
   async #bounded<T> (operation: Promise<T>): Promise<T> {
