@@ -123,10 +123,9 @@ export class InOrder {
       }
       if (this.#pauses > 0) return
       // A write the watermark counts as complete was published on its shard before the watermark was read, but its
-      // message may still be on its way over that shard's connection: a PING sent now is answered after it. (The
-      // barrier bounds its own wait.)
+      // message may still be on its way over that shard's connection: a PING sent now is answered after it.
       try {
-        await this.#barrier()
+        await bounded(this.#barrier(), this.#timeout)
       } catch (err) {
         this.#host.log.debug({ err }, 'fastify-event-sources: a Redis Cluster shard did not answer; retrying')
         await sleep(100)

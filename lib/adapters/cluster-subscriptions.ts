@@ -378,10 +378,11 @@ export class ClusterSubscriptions {
   }
 
   /**
-   * Resolves once every shard connection with a subscription has sent all it had before this call. A shard that does
-   * not answer within publishTimeout (at least FAILOVER_WAIT) is left out until it answers again: a master that stopped
+   * Resolves once every shard connection with a subscription has sent all it had before this call. A shard whose PING
+   * goes unanswered for publishTimeout (at least FAILOVER_WAIT) is left out until it answers: a master that stopped
    * answering with no replica to take over keeps its slots, and would hold up every shard's messages. What it sends
-   * once it answers is then late here, and reported as a gap.
+   * once it answers is then late here, and reported as a gap. (A PING that outlives the caller's own bound still
+   * counts: the caller asks again.)
    */
   async barrier (): Promise<unknown> {
     const answers: Promise<void>[] = []
@@ -392,12 +393,13 @@ export class ClusterSubscriptions {
   async #answer (shard: Shard): Promise<void> {
     const ping = shard.connection.ping()
     let timer: NodeJS.Timeout | undefined
-    const silence = new Promise<false>(resolve => { timer = setTimeout(resolve, Math.max(this.#timeout, FAILOVER_WAIT), false) })
+    const silence = new Promise<false>(resolve => { timer = setTimeout(resolve, Math.max(this.#timeout, FAILOVER_WAIT), false).unref() })
     const answered = await Promise.race([ping.then(() => true), silence]).finally(() => clearTimeout(timer))
-    if (answered || shard.retired || this.#closed) return
+    if (answered || shard.retired || shard.silent || this.#closed) return
     shard.silent = true
     this.#host.log.warn({ node: shard.key }, 'fastify-event-sources: a Redis Cluster shard does not answer; delivering the other shards\' messages without it')
     ping.then(() => {
+      if (!shard.silent) return
       shard.silent = false
       if (!shard.retired && !this.#closed) this.#host.log.info({ node: shard.key }, 'fastify-event-sources: a Redis Cluster shard answers again')
     }, () => {})
