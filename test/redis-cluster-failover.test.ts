@@ -45,18 +45,29 @@ async function layout (cluster: RedisCluster, victim: 'topic' | 'sequencer', rep
   throw new Error(`no prefix with ${count} topics on masters of their own`)
 }
 
+interface StallingProxy {
+  port: number
+  /** Holds the node's replies back (on), or sends what was held and goes on (off). */
+  stall: (on: boolean) => void
+  /** Drops what the client sends (on), as a link that loses requests until it is cut. */
+  drop: (on: boolean) => void
+  /** Closes every link: the client sees its connection to the node end. */
+  cut: () => void
+}
+
 /**
  * A TCP proxy to one node whose replies can be held back, as on a congested link; an ioredis `natMap` puts it in the
  * node's place for one client.
  */
-async function stallingProxy (t: Test, port: number): Promise<{ port: number, stall: (on: boolean) => void }> {
+async function stallingProxy (t: Test, port: number): Promise<StallingProxy> {
   const links = new Set<{ client: Socket, held: Buffer[] | undefined }>()
   let stalled = false
+  let dropping = false
   const server = createServer(client => {
     const upstream = connect(port, '127.0.0.1')
     const link = { client, held: stalled ? [] as Buffer[] : undefined }
     links.add(link)
-    client.on('data', chunk => upstream.write(chunk))
+    client.on('data', chunk => { if (!dropping) upstream.write(chunk) })
     upstream.on('data', chunk => { if (link.held !== undefined) link.held.push(chunk); else client.write(chunk) })
     const end = (): void => {
       links.delete(link)
@@ -81,6 +92,12 @@ async function stallingProxy (t: Test, port: number): Promise<{ port: number, st
           link.held = undefined
         }
       }
+    },
+    drop (on) {
+      dropping = on
+    },
+    cut () {
+      for (const { client } of links) client.destroy()
     }
   }
 }
@@ -292,6 +309,50 @@ if (clusterReady(tap)) {
     t.same(late.events.filter(e => e.type === 'message').map(e => e.data), ['held'], 'the new stream got the message once')
     t.ok(late.events.some(e => e.type === 'reset'), 'and a reset: it came after later messages')
     t.same(moving.events.filter(e => e.type === 'message').map(e => e.data), ['moved on 1', 'moved on 2', 'moved on 3', 'moved on 4', 'moved on 5'], 'the other stream got its messages in order')
+  })
+
+  // A message to one topic takes its id (and its key) on the sequencer's slot, then is written on the topic's: a retry
+  // that finds the key while that write is still on its way must not resolve before the message is stored.
+  test('a publish retried with its key while the first attempt\'s write to the topic\'s shard is still on its way rejects, and the message is stored once', async t => {
+    const { prefix, doomed: topic } = await layout(cluster, 'topic', new Set(), 1)
+    const node = await cluster.masterOf(`${prefix}{t:${topic}}`)
+    const proxy = await stallingProxy(t, node)
+    const client = new Cluster(cluster.startupNodes, { natMap: { [`127.0.0.1:${node}`]: { host: '127.0.0.1', port: proxy.port } }, slotsRefreshInterval: 1000 })
+    t.teardown(async () => closeCluster(client, 2000))
+    const publisher = await start(t, routes, { adapter: redisAdapter({ client, channelPrefix: prefix, publishTimeout: 1000 }) })
+    const listener = await start(t, routes, { adapter: redisAdapter({ nodes: cluster.startupNodes, channelPrefix: prefix, publishTimeout: 1000 }) })
+    const stream = new Client(t, `${listener.url}/sse?id=erin&topics=${topic}`, undefined, ['reset'])
+    await until(() => stream.opens === 1 && listener.app.eventSources.subscribers(topic).length === 1, 5000, 'the stream')
+    const publish = async (): Promise<void> => publisher.app.eventSources.publish('order 7', { to: { topic }, key: 'order-7' })
+    const stored = async (): Promise<number> => {
+      const entries = await ask(node, 'XRANGE', `${prefix}{t:${topic}}`, '-', '+') as [string, string[]][]
+      return entries.filter(([, fields]) => fields.join(' ').includes('order 7')).length
+    }
+
+    // The first attempt takes its id, and its write to the topic's shard is lost on the way.
+    proxy.drop(true)
+    await t.rejects(publish(), { code: 'FST_ERR_SSE_PUBLISH_FAILED' }, 'the first attempt times out')
+    await t.rejects(publish(), { code: 'FST_ERR_SSE_PUBLISH_FAILED', message: /still being written/ }, 'a retry while it is still on its way rejects')
+    t.equal(await stored(), 0, 'nothing is stored yet')
+    // The link is cut: the first attempt fails for good, and gives its key back.
+    proxy.drop(false)
+    proxy.cut()
+    let resolved = false
+    for (let i = 0; i < 50 && !resolved; i++) {
+      try {
+        await publish()
+        resolved = true
+      } catch {
+        await sleep(100)
+      }
+    }
+    t.ok(resolved, 'a retry after the first attempt failed resolves')
+    t.equal(await stored(), 1, 'and its message is stored once')
+    await publish()
+    t.equal(await stored(), 1, 'a retry after that resolves without storing it again')
+    await until(() => stream.data.includes('order 7'), 5000, 'the message').catch(() => {})
+    await sleep(200)
+    t.same(stream.data, ['order 7'], 'the stream got it once')
   })
 
   // A master that stops answering with nobody to take over keeps its slots, and its connections stay open and silent.

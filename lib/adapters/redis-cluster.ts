@@ -46,6 +46,8 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #keyTtl: number
   #ttl: number
   #timeout: number
+  /** ms a pending id is waited for: a publisher gives up after publishTimeout. */
+  #expire: number
   #connectTimeout: number
   #runLease: number
   #runs: RedisRunStore | undefined
@@ -102,6 +104,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     this.#keyTtl = history === false ? 0 : positive('history.keyTtl', history?.keyTtl, 3_600_000)
     this.#ttl = history === false || history?.ttl === Infinity ? 0 : positive('history.ttl', history?.ttl, 3_600_000)
     this.#timeout = positive('publishTimeout', options.publishTimeout, 2000)
+    this.#expire = this.#timeout * 2
     this.#connectTimeout = positive('connectTimeout', options.connectTimeout, 5000)
     // Half the publish's time, leaving the rest for the sequencer.
     this.#replicas = new OnlineReplicas(Math.max(1, Math.floor(this.#timeout / 2)))
@@ -134,7 +137,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     this.#client = client
     this.#claims = new Claims(host, this.#instance, () => client.status === 'ready', payload => client.spublish(this.claimChannel, payload))
     if (this.hasHistory) {
-      this.#history = new RedisClusterHistory(client, this.keys, this.#ttl, this.#timeout * 2)
+      this.#history = new RedisClusterHistory(client, this.keys, this.#ttl, this.#expire)
       this.#order = new InOrder(host, this.#history, async () => this.#subscriptions?.barrier(), this.#timeout)
     }
     const subscriptions = new ClusterSubscriptions({
@@ -260,10 +263,13 @@ class RedisClusterAdapter implements EventSourceAdapter {
     // The sequencer refuses to run it past the publish's deadline: it would then take an id after later publishes.
     const sequencer = client.pipeline().eval(SEQUENCE, 5, keys.seq, keys.pending, keys.epoch, key === undefined ? keys.seq : keys.key(key),
       topics.length > 1 ? keys.multi : keys.plain,
-      plain ? 'p' : 't', body, this.#maxLen, this.#keyTtl, key === undefined ? '0' : '1', Date.now() + this.#skew + this.#timeout, ...channels)
+      plain ? 'p' : 't', body, this.#maxLen, this.#keyTtl, key === undefined ? '0' : '1', Date.now() + this.#skew + this.#timeout, this.#expire,
+      ...channels)
     if (this.#replicas.waitsWith(replicas)) sequencer.call('WAIT', 1, this.#replicas.waitMs)
     const results = await sequencer.exec()
     const [id, seen] = this.#reply(results) as [string, number]
+    // Resolving now could report stored a message whose write then fails: the caller tries again once it settled.
+    if (seen === 2) throw new Error('the first publish with this key is still being written to its topic\'s shard; try again once it settles')
     if (node !== undefined) return this.#replicas.acknowledged(node, replicas, results?.[1]?.[1])
     if (seen === 1) return
     const stream = keys.topic(topics[0])

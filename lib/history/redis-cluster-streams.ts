@@ -114,29 +114,40 @@ end
 /**
  * Hands out the next id on the sequencer's slot. A message to no topic or to several is written there and
  * published on its channels at once (`p`); a message to one topic is recorded as pending (`t`) until its topic
- * stream holds it. With an idempotency key seen before, returns that id and `1`.
+ * stream holds it. With an idempotency key seen before, returns that id and `1`, or `2` while that id is still
+ * pending (its write to its topic's stream is on its way, or failed and is being given back), for at most `expire` ms.
  *
  * Past the deadline (ms, the publisher's clock) it refuses: its publisher has reported it failed.
  *
  * KEYS: seq, pending, epoch, idempotency key, stream (plain or multi). ARGV: mode, body, maxLen, keyTtl, keyed,
- * deadline, then the channels.
+ * deadline, expire, then the channels.
  */
-export const SEQUENCE = APPEND_FUNCTION + `local t = redis.call('TIME')
-if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[6]) then return redis.error_reply('EXPIRED the publish timed out before it was sequenced') end
+export const SEQUENCE = APPEND_FUNCTION + `local function member (id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return ms, string.rep('0', 16 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now > tonumber(ARGV[6]) then return redis.error_reply('EXPIRED the publish timed out before it was sequenced') end
 local keyed = ARGV[5] == '1'
 if keyed then
   local seen = redis.call('GET', KEYS[4])
-  if seen then return {seen, 1} end
+  if seen then
+    local _, padded = member(seen)
+    local since = redis.call('ZSCORE', KEYS[2], padded)
+    if since and tonumber(since) >= now - tonumber(ARGV[7]) then return {seen, 2} end
+    return {seen, 1}
+  end
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '1', '*', 'n', '')
 redis.call('SET', KEYS[3], id, 'NX')
 if keyed then redis.call('SET', KEYS[4], id, 'PX', ARGV[4]) end
 if ARGV[1] == 'p' then
   local pos = append(KEYS[5], id, ARGV[2], tonumber(ARGV[3]))
-  for i = 7, #ARGV do redis.call('SPUBLISH', ARGV[i], id .. ' ' .. pos .. '\\n' .. ARGV[2]) end
+  for i = 8, #ARGV do redis.call('SPUBLISH', ARGV[i], id .. ' ' .. pos .. '\\n' .. ARGV[2]) end
 else
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  redis.call('ZADD', KEYS[2], ms, string.rep('0', 16 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq)
+  local ms, padded = member(id)
+  redis.call('ZADD', KEYS[2], ms, padded)
 end
 return {id, 0}`
 
