@@ -338,7 +338,8 @@ if (clusterReady(tap)) {
     proxy.drop(false)
     proxy.cut()
     let resolved = false
-    for (let i = 0; i < 50 && !resolved; i++) {
+    let attempts = 0
+    while (attempts++ < 50 && !resolved) {
       try {
         await publish()
         resolved = true
@@ -346,6 +347,7 @@ if (clusterReady(tap)) {
         await sleep(100)
       }
     }
+    t.comment(`a retry resolved at attempt ${attempts} after the cut`)
     t.ok(resolved, 'a retry after the first attempt failed resolves')
     t.equal(await stored(), 1, 'and its message is stored once')
     await publish()

@@ -313,7 +313,11 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #master (client: Cluster, key: string): Redis {
     const serving = client.slots[slotOf(key)]?.[0]
     const node = serving === undefined ? undefined : client.nodes('master').find(node => `${node.options.host}:${node.options.port}` === serving)
-    if (node === undefined) throw new Error(`no master known for the slot of ${key}`)
+    if (node === undefined) {
+      // The client drops a node whose connection ended and adds it back at its next refresh of the slot map: ask now.
+      client.refreshSlotsCache()
+      throw new Error(`no master known for the slot of ${key}`)
+    }
     return node
   }
 
