@@ -103,6 +103,21 @@ async function stallingProxy (t: Test, port: number): Promise<StallingProxy> {
 }
 
 /**
+ * Two instances: `proxied` reaches the master on port `node` only through a stalling proxy (its client's slot map names
+ * the node by its own address, which `natMap` turns into the proxy's), `direct` reaches every node itself.
+ */
+async function behindProxy (t: Test, cluster: RedisCluster, prefix: string, node: number): Promise<{ proxy: StallingProxy, proxied: Started, direct: Started }> {
+  const proxy = await stallingProxy(t, node)
+  const client = new Cluster(cluster.startupNodes, { natMap: { [`127.0.0.1:${node}`]: { host: '127.0.0.1', port: proxy.port } }, slotsRefreshInterval: 1000 })
+  t.teardown(async () => closeCluster(client, 2000))
+  const proxied = await start(t, routes, { adapter: redisAdapter({ client, channelPrefix: prefix, publishTimeout: 1000 }) })
+  const direct = await start(t, routes, { adapter: redisAdapter({ nodes: cluster.startupNodes, channelPrefix: prefix, publishTimeout: 1000 }) })
+  return { proxy, proxied, direct }
+}
+
+type Started = Awaited<ReturnType<typeof start>>
+
+/**
  * Resumes alice's stream at `url` (the other instance) from the first resolved message: every resolved one after it,
  * once, in order, with no reset. The live client on `app` closes first: left open, it would be replaced by the resume
  * (newest wins), reconnect at once, and replace the resume in turn. Returns what the resume received.
@@ -286,13 +301,7 @@ if (clusterReady(tap)) {
   // most. A message its read finds only later, behind what was delivered meanwhile, still reaches it, with a reset.
   test('a shard\'s replies held back longer than a new subscription waits: what it held reaches the new stream late, with a reset, not never', async t => {
     const { prefix, doomed: slow, other: busy } = await layout(cluster, 'topic', new Set())
-    const node = await cluster.masterOf(`${prefix}{t:${slow}}`)
-    const proxy = await stallingProxy(t, node)
-    // Instance a reaches that master only through the proxy (its slot map names the node by its own address).
-    const client = new Cluster(cluster.startupNodes, { natMap: { [`127.0.0.1:${node}`]: { host: '127.0.0.1', port: proxy.port } }, slotsRefreshInterval: 1000 })
-    t.teardown(async () => closeCluster(client, 2000))
-    const a = await start(t, routes, { adapter: redisAdapter({ client, channelPrefix: prefix, publishTimeout: 1000 }) })
-    const b = await start(t, routes, { adapter: redisAdapter({ nodes: cluster.startupNodes, channelPrefix: prefix, publishTimeout: 1000 }) })
+    const { proxy, proxied: a, direct: b } = await behindProxy(t, cluster, prefix, await cluster.masterOf(`${prefix}{t:${slow}}`))
     const moving = new Client(t, `${a.url}/sse?id=carol&topics=${busy}`, undefined, ['reset'])
     await until(() => moving.opens === 1 && a.app.eventSources.subscribers(busy).length === 1, 5000, 'the stream on the other topic')
 
@@ -316,11 +325,7 @@ if (clusterReady(tap)) {
   test('a publish retried with its key while the first attempt\'s write to the topic\'s shard is still on its way rejects, and the message is stored once', async t => {
     const { prefix, doomed: topic } = await layout(cluster, 'topic', new Set(), 1)
     const node = await cluster.masterOf(`${prefix}{t:${topic}}`)
-    const proxy = await stallingProxy(t, node)
-    const client = new Cluster(cluster.startupNodes, { natMap: { [`127.0.0.1:${node}`]: { host: '127.0.0.1', port: proxy.port } }, slotsRefreshInterval: 1000 })
-    t.teardown(async () => closeCluster(client, 2000))
-    const publisher = await start(t, routes, { adapter: redisAdapter({ client, channelPrefix: prefix, publishTimeout: 1000 }) })
-    const listener = await start(t, routes, { adapter: redisAdapter({ nodes: cluster.startupNodes, channelPrefix: prefix, publishTimeout: 1000 }) })
+    const { proxy, proxied: publisher, direct: listener } = await behindProxy(t, cluster, prefix, node)
     const stream = new Client(t, `${listener.url}/sse?id=erin&topics=${topic}`, undefined, ['reset'])
     await until(() => stream.opens === 1 && listener.app.eventSources.subscribers(topic).length === 1, 5000, 'the stream')
     const publish = async (): Promise<void> => publisher.app.eventSources.publish('order 7', { to: { topic }, key: 'order-7' })
