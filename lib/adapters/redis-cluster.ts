@@ -277,13 +277,24 @@ class RedisClusterAdapter implements EventSourceAdapter {
     try {
       written = await this.#appendTopic(client, stream, id, body)
     } catch (err) {
-      client.eval(ABORT, 2, keys.pending, key === undefined ? keys.pending : keys.key(key), padded(id), id).catch(() => {})
+      this.#settle(async () => client.eval(ABORT, 2, keys.pending, key === undefined ? keys.pending : keys.key(key), padded(id), id))
       throw err
     }
     // Written: instances may deliver the ids after it (not awaited; until it lands, or the id expires, they only
     // wait a little longer), while the replica catches up.
-    client.zrem(keys.pending, padded(id)).catch(() => {})
+    this.#settle(async () => client.zrem(keys.pending, padded(id)))
     await this.#replicas.acknowledged(written.node, written.replicas, written.waited)
+  }
+
+  /**
+   * Takes a topic message's id out of the pending set (written, or given back with its key), not awaited. Tried again
+   * for a while: the connection it goes over may be replaced just then (as the slot map settles after a failover), and
+   * a pending id left behind holds back every instance's deliveries, and a retry with its key, until it expires.
+   */
+  #settle (command: () => Promise<unknown>, attempt = 0): void {
+    command().catch(() => {
+      if (attempt < SETTLE_ATTEMPTS && !this.#closed) setTimeout(() => this.#settle(command, attempt + 1), 100 * (attempt + 1)).unref()
+    })
   }
 
   /**
@@ -478,6 +489,9 @@ class RedisClusterAdapter implements EventSourceAdapter {
     return ready(connection, this.#connectTimeout)
   }
 }
+
+/** Retries of a pending id's removal, 100 ms more apart each time (1.5 s in all). */
+const SETTLE_ATTEMPTS = 5
 
 /** A topic write: the master it went to, its count of replicas online, and the reply of the WAIT sent with it. */
 interface Written {
