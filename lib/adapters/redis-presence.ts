@@ -1,16 +1,14 @@
 import { createHash } from 'node:crypto'
 import type { ChainableCommander, Redis } from 'ioredis'
 import { FST_ERR_SSE_ADAPTER } from '../errors'
+import { SERVER_NOW } from '../history/redis-streams'
 import type { AdapterHost, CountTarget, LocalPresence, PresenceListener } from './adapter'
 
 // Marks this instance alive until now + its timeout (Redis's own clock, so instances need no common clock and
 // each may have its own heartbeat), forgets instances past their deadline, and keeps this instance's keys alive.
 // Returns 0 when this instance's hash was gone (expired during an outage, or Redis restarted): everything must be
 // written again.
-const HEARTBEAT = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local timeout = tonumber(ARGV[2])
+const HEARTBEAT = SERVER_NOW + `local timeout = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now + timeout, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('PTTL', KEYS[1]) < timeout then redis.call('PEXPIRE', KEYS[1], timeout) end
@@ -21,10 +19,7 @@ return held
 
 // Reads what every other live instance holds, in one round trip. Instance keys are derived from the live set,
 // which a single Redis node allows (a cluster would need the instance's keys under one hash tag per read).
-const READ = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+const READ = SERVER_NOW + `local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 local base, own, op, arg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if op == 'presence' then
   local out = {}

@@ -1,7 +1,7 @@
 import type { Cluster } from 'ioredis'
 import { matchesTarget, topicsOf } from '../target'
 import { isAfter } from '../position'
-import { decode } from './redis-streams'
+import { SERVER_NOW, decode } from './redis-streams'
 import type { PublishedMessage, ReplayResult } from './history'
 
 /**
@@ -126,9 +126,7 @@ export const SEQUENCE = APPEND_FUNCTION + `local function member (id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return ms, string.rep('0', 16 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if now > tonumber(ARGV[6]) then return redis.error_reply('EXPIRED the publish timed out before it was sequenced') end
+` + SERVER_NOW + `if now > tonumber(ARGV[6]) then return redis.error_reply('EXPIRED the publish timed out before it was sequenced') end
 local keyed = ARGV[5] == '1'
 if keyed then
   local seen = redis.call('GET', KEYS[4])
@@ -175,9 +173,7 @@ return 1`
  * handed out. Every id below the first pending one is written everywhere it goes.
  * KEYS: seq, pending.
  */
-export const WATERMARK = `local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%.0f', now - tonumber(ARGV[1])))
+export const WATERMARK = SERVER_NOW + `redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%.0f', now - tonumber(ARGV[1])))
 local low = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[2]) - 1)
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 return {last[1] and last[1][1] or '0-0', low}`

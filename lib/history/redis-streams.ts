@@ -44,6 +44,11 @@ function isStreamId (id: string): boolean {
 /** Entries read per XRANGE: a replay or a catch-up from far back never holds the whole backlog in one reply. */
 export const PAGE = 100
 
+/** Lua that sets `now` to the Redis server's time in ms: scripts that expire entries agree on one clock, Redis's own. */
+export const SERVER_NOW = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
+
 /**
  * Appends and publishes in one step, so that the log's order and the channel's order are the same on every
  * instance. The log's id is the message's id everywhere: it is written with that same explicit id to its target
