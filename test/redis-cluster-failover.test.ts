@@ -117,6 +117,19 @@ async function behindProxy (t: Test, cluster: RedisCluster, prefix: string, node
 
 type Started = Awaited<ReturnType<typeof start>>
 
+/** Tries `publish(attempt)` up to 50 times, 100 ms apart, while a shard comes back: the attempt that resolved, if one did. */
+async function publishedWithin (publish: (attempt: number) => Promise<void>): Promise<number | undefined> {
+  for (let attempt = 1; attempt <= 50; attempt++) {
+    try {
+      await publish(attempt)
+      return attempt
+    } catch {
+      await sleep(100)
+    }
+  }
+  return undefined
+}
+
 /**
  * Resumes alice's stream at `url` (the other instance) from the first resolved message: every resolved one after it,
  * once, in order, with no reset. The live client on `app` closes first: left open, it would be replaced by the resume
@@ -342,18 +355,9 @@ if (clusterReady(tap)) {
     // The link is cut: the first attempt fails for good, and gives its key back.
     proxy.drop(false)
     proxy.cut()
-    let resolved = false
-    let attempts = 0
-    while (attempts++ < 50 && !resolved) {
-      try {
-        await publish()
-        resolved = true
-      } catch {
-        await sleep(100)
-      }
-    }
-    t.comment(`a retry resolved at attempt ${attempts} after the cut`)
-    t.ok(resolved, 'a retry after the first attempt failed resolves')
+    const attempt = await publishedWithin(publish)
+    t.comment(`a retry resolved at attempt ${attempt ?? 'none'} after the cut`)
+    t.ok(attempt !== undefined, 'a retry after the first attempt failed resolves')
     t.equal(await stored(), 1, 'and its message is stored once')
     await publish()
     t.equal(await stored(), 1, 'a retry after that resolves without storing it again')
@@ -393,15 +397,8 @@ if (clusterReady(tap)) {
 
     await shard.thaw()
     thawed = true
-    let resolved: string | undefined
-    for (let i = 1; resolved === undefined && i <= 50; i++) {
-      try {
-        await b.app.eventSources.publish(`after ${i}`, { to: { topic: stuck } })
-        resolved = `after ${i}`
-      } catch {
-        await sleep(100)
-      }
-    }
+    const attempt = await publishedWithin(async i => b.app.eventSources.publish(`after ${i}`, { to: { topic: stuck } }))
+    const resolved = attempt === undefined ? undefined : `after ${attempt}`
     t.ok(resolved !== undefined, 'publishing to the thawed shard works again')
     await until(() => waiting.data.includes(resolved as string), 10_000, 'the thawed shard\'s message').catch(() => {})
     t.same(waiting.data.filter(text => text === 'before' || text === resolved), ['before', resolved], 'the stream on the thawed shard gets its messages again')
