@@ -6,12 +6,12 @@ import {
   FST_ERR_SSE_ALREADY_STREAMING, FST_ERR_SSE_CLOSING, FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD,
   FST_ERR_SSE_TOO_MANY_CONNECTIONS
 } from './errors'
-import { EventSource, framePositions, type SendOptions, type SourceContext } from './event-source'
+import { EventSource, framePositions, resetFrames, type SendOptions, type SourceContext } from './event-source'
 import { checkEventOptions, eventFrame, messageFrame, serialize } from './frame'
 import type { PublishedMessage } from './history/history'
 import { Metrics } from './metrics'
 import type { Settings } from './options'
-import { parsePosition } from './position'
+import { follows, parsePosition, type Position } from './position'
 import { PingScheduler } from './ping'
 import { MemoryRunStore } from './history/memory-runs'
 import { Runs } from './runs'
@@ -393,10 +393,29 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     this.#ctx.scheduler.fanOut(targets, frame, 'message')
   }
 
-  /** Live delivery here missed messages no history holds: the reset event, as on a replay gap, to every identified source. */
+  /**
+   * Live delivery here missed messages no history holds: the reset event, as on a replay gap, to every identified
+   * source. Its id is the newest the history holds, or a source's own position where that is further on.
+   */
   #gap (latestId: string | undefined, lastId: string | undefined): void {
-    const frame = eventFrame({ event: this.#settings.resetEvent, id: latestId, data: JSON.stringify({ lastEventId: lastId ?? null }) })
-    this.#ctx.scheduler.fanOut(this.#publishedTo(), frame, 'message')
+    const event = this.#settings.resetEvent
+    const data = JSON.stringify({ lastEventId: lastId ?? null })
+    const frame = eventFrame({ event, id: latestId, data })
+    const latest = parsePosition(latestId)
+    if (latest === undefined) {
+      this.#ctx.scheduler.fanOut(this.#publishedTo(), frame, 'message')
+      return
+    }
+    const reset = { latest, at: (position: Position) => eventFrame({ event, id: `${position.major}-${position.minor}`, data }) }
+    resetFrames.set(frame, reset)
+    const behind: EventSource[] = []
+    for (const source of this.#publishedTo()) {
+      // A replaying source's position is known when its replay ends, which sorts the frame out then.
+      const position = source._replaying ? undefined : source._position
+      if (position !== undefined && follows(position, latest)) source._write(reset.at(position), 'message')
+      else behind.push(source)
+    }
+    this.#ctx.scheduler.fanOut(behind, frame, 'message')
   }
 
   /** Every source a publish can reach here: the identified ones and the anonymous ones following a topic. */

@@ -34,6 +34,17 @@ export interface SourceContext {
 /** The history position of each published frame: a source never writes one at or before the last it wrote. */
 export const framePositions = new WeakMap<Buffer, Position>()
 
+/**
+ * A live-delivery gap's reset frame, with the newest id it names. A source already past that id (its replay read
+ * further) gets the frame with its own position as id instead: a client's last id never moves back, or its next
+ * reconnect would replay what it already has.
+ */
+export interface ResetFrame {
+  latest: Position
+  at: (position: Position) => Buffer
+}
+export const resetFrames = new WeakMap<Buffer, ResetFrame>()
+
 // Connection-specific headers are forbidden on HTTP/2 (RFC 9113 §8.2.2).
 const HOP_BY_HOP = ['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection']
 
@@ -366,11 +377,14 @@ export class EventSource implements HttpRequestEventSource {
       // One pass, in publish order: each live frame either follows the position reached so far or is a copy.
       const kept: Buffer[] = []
       let queued = 0
-      for (const frame of queue) {
+      for (let frame of queue) {
         const at = framePositions.get(frame)
         if (at !== undefined) {
           if (position !== undefined && !follows(at, position)) continue
           position = at
+        } else if (position !== undefined) {
+          const reset = resetFrames.get(frame)
+          if (reset !== undefined && follows(position, reset.latest)) frame = reset.at(position)
         }
         kept.push(frame)
         queued += frame.length
@@ -620,8 +634,9 @@ export class EventSource implements HttpRequestEventSource {
     if (!this.#headWritten && !this.#out.destroyed) this.#writeHead()
     if (this._replaying) {
       // The client will ask again from its own last id: a half replay followed by live messages would skip some.
-      // What the handler wrote itself (a terminate event before close(), say) is not in any history: it still goes.
-      const own = this._queue?.filter(frame => !framePositions.has(frame)) ?? []
+      // What the handler wrote itself (a terminate event before close(), say) is not in any history: it still goes. A
+      // gap's reset does not: the next replay reports what is lost from the client's own last id.
+      const own = this._queue?.filter(frame => !framePositions.has(frame) && !resetFrames.has(frame)) ?? []
       this._queue = own.length > 0 ? own : null
       this._queuedBytes = own.reduce((bytes, frame) => bytes + frame.length, 0)
       this._replaying = false

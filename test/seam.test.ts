@@ -53,12 +53,21 @@ class LaggingAdapter implements EventSourceAdapter {
     return this.#local.publish(message)
   }
 
-  replay (lastEventId: string, identifier: string): Promise<ReplayResult> {
+  async replay (lastEventId: string, identifier: string): Promise<ReplayResult> {
+    if (this.replayDelay > 0) await sleep(this.replayDelay)
     return this.#local.replay(lastEventId, identifier)
   }
 
+  /** How long a replay takes before it reads the history (ms): lets a test act while a replay runs. */
+  replayDelay = 0
+
   hold (): void {
     this.#held = []
+  }
+
+  /** Reports that live delivery here lost what followed `lastId`, the history's newest id being `latestId`. */
+  gap (latestId: string | undefined, lastId: string | undefined): void {
+    this.#host?.gap(latestId, lastId)
   }
 
   release (): void {
@@ -185,6 +194,74 @@ test('a source never receives a message at or before its Last-Event-ID, nor befo
   t.same(resumed.events.map(e => e.data), ['m7'], 'nothing at or before its Last-Event-ID')
   t.same(ahead.events.map(e => e.data), ['m1', 'm2', 'm3', 'm4', 'm5', 'm6', 'm7'], 'nothing twice, nothing backwards')
   t.same(app.eventSources.getByIdentifier('resumed')?.replay, { replayed: 0, gap: false })
+})
+
+/** The id a client resumes from: the last one it was given, by any event. */
+function lastIdOf (events: { id?: string }[]): string | undefined {
+  return events.findLast(event => event.id !== undefined)?.id
+}
+
+test('a gap report never moves a client\'s last id back, live or behind a replay, so a reconnect replays nothing twice', async t => {
+  const adapter = new LaggingAdapter()
+  const { app, url } = await start(t, streamRoute, { adapter })
+  const live = await readEvents(`${url}/sse/live`)
+  t.teardown(live.close)
+  await until(() => app.eventSources.activeConnections === 1)
+  for (let i = 1; i <= 3; i++) await app.eventSources.publish(`m${i}`)
+  await until(() => live.events.length === 3)
+  const ids = live.events.map(event => event.id as string)
+
+  // A source already past the newest id the gap names (its replay read further): the reset carries its own position.
+  adapter.gap(ids[0], ids[0])
+  await until(() => live.events.length === 4)
+  t.same(live.events.map(e => [e.event ?? 'message', e.id]), [['message', ids[0]], ['message', ids[1]], ['message', ids[2]], ['reset', ids[2]]])
+  t.same(JSON.parse(live.events[3].data), { lastEventId: ids[0] })
+
+  // A resume past the gap's id: its own position. The live source, behind it: the gap's own id.
+  adapter.hold()
+  await app.eventSources.publish('m4')
+  const m4 = adapter.history.readAfter('', '').latestId as string
+  const resumed = await readEvents(`${url}/sse/resumed`, { 'last-event-id': ids[2] })
+  t.teardown(resumed.close)
+  await until(() => resumed.events.length === 1)
+  adapter.gap(ids[2], ids[1])
+  await until(() => resumed.events.length === 2 && live.events.length === 5)
+  t.same(resumed.events.map(e => [e.event ?? 'message', e.data.slice(0, 2), e.id]), [['message', 'm4', m4], ['reset', '{"', m4]], 'past the gap')
+  t.same(live.events[4].id, ids[2], 'at the gap: its id')
+  adapter.gap(m4, ids[2])
+  await until(() => live.events.length === 6)
+  t.same(live.events[5].id, m4, 'behind the gap: its id')
+  adapter.release()
+  await until(() => live.events.length === 7)
+  t.same(live.events[6].data, 'm4')
+
+  // Queued behind a replay: the replay decides the reset's id once it is read.
+  adapter.replayDelay = 150
+  const replaying = await readEvents(`${url}/sse/replaying`, { 'last-event-id': ids[0] })
+  t.teardown(replaying.close)
+  await until(() => app.eventSources.getByIdentifier('replaying') !== undefined)
+  adapter.gap(ids[1], ids[0])
+  await app.eventSources.publish('m5')
+  const m5 = adapter.history.readAfter('', '').latestId as string
+  await until(() => replaying.events.length >= 5)
+  await sleep(20)
+  t.same(replaying.events.map(e => [e.event ?? 'message', e.id]), [
+    ['message', ids[1]], ['message', ids[2]], ['message', m4], ['message', m5], ['reset', m5]
+  ], 'replayed up to m5, then the reset with m5 as id')
+
+  // Each client resumes from its last id and is given nothing it had.
+  const before = [['live', live], ['replaying', replaying]] as const
+  for (const [, stream] of before) stream.close()
+  await until(() => app.eventSources.activeConnections === 1)
+  const again = await Promise.all(before.map(([name, stream]) => readEvents(`${url}/sse/${name}`, { 'last-event-id': lastIdOf(stream.events) as string })))
+  for (const stream of again) t.teardown(stream.close)
+  await until(() => before.every(([name]) => app.eventSources.getByIdentifier(name)?.replay !== undefined))
+  await app.eventSources.publish('after')
+  await until(() => again.every(stream => stream.events.some(e => e.data === 'after')))
+  for (const [n, [name, stream]] of before.entries()) {
+    const had = new Set(stream.events.map(e => e.data))
+    t.same(again[n].events.map(e => e.data).filter(data => had.has(data)), [], `${name}: nothing twice after a reconnect`)
+  }
 })
 
 test('an explicit id keeps its place: a resume from it uses the store\'s position', async t => {

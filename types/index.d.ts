@@ -572,7 +572,8 @@ declare namespace fastifyEventSources {
     control (message: ControlMessage): void
     /**
      * Live delivery on this instance missed messages the history no longer holds: every identified source here
-     * gets the reset event (`id:` latestId, data `{"lastEventId": lastId}`, lastId being where the loss began).
+     * gets the reset event (`id:` latestId, data `{"lastEventId": lastId}`, lastId being where the loss began). A
+     * source whose position is already after latestId gets its own position as `id:` instead.
      */
     gap (latestId: string | undefined, lastId: string | undefined): void
     /** This instance's identified sources, as [identifier, openedAt]: what it announces again after a reconnect. */
