@@ -10,7 +10,7 @@ const INSTANCES = 3
 const CLIENTS = 6
 const LARGE = 128 * 1024
 
-interface Verdict { received: number, resets: number, duplicates: number, unexplained: [number, number][], unknown: number, reachedEnd: boolean }
+interface Verdict { received: number, resets: number, duplicates: number, unexplained: [number, number][], unknown: number, reachedEnd: boolean, first?: string }
 
 /**
  * Reads one client's events against the one order (the stream's): every message once, each after the one
@@ -21,7 +21,7 @@ function judge (client: Client, order: string[]): Verdict {
   const verdict: Verdict = { received: 0, resets: 0, duplicates: 0, unexplained: [], unknown: 0, reachedEnd: false }
   let last = -1
   let resetSince = false
-  for (const event of client.events) {
+  for (const [n, event] of client.events.entries()) {
     if (event.type === 'reset') {
       verdict.resets++
       resetSince = true
@@ -33,6 +33,12 @@ function judge (client: Client, order: string[]): Verdict {
       continue
     }
     if (i <= last) {
+      // What a failure needs to be read: the events around it, by position in the order, with their ids and opens.
+      verdict.first ??= client.events.slice(Math.max(0, n - 6), n + 3).map((e, k) => {
+        const at = Math.max(0, n - 6) + k
+        const opened = client.openedAt.includes(at) ? '(open) ' : ''
+        return `${opened}${at}:${e.type}:${e.type === 'reset' ? '' : index.get(e.data.slice(0, e.data.indexOf('|')))}@${e.id}`
+      }).join(' ') + ` (duplicate at ${n}, last ${last})`
       verdict.duplicates++
       continue
     }
@@ -130,6 +136,7 @@ if (!hasRedisServer) {
       t.comment(`c${i}: ${verdict.received} received, ${verdict.resets} reset(s), ${client.opens} connection(s)`)
       t.equal(verdict.unknown, 0, `c${i}: nothing that was not published`)
       t.equal(verdict.duplicates, 0, `c${i}: no duplicate, nothing out of order`)
+      if (verdict.first !== undefined) t.comment(`c${i}: first duplicate: ${verdict.first}`)
       t.same(verdict.unexplained, [], `c${i}: no message skipped without a reset`)
       t.ok(verdict.reachedEnd, `c${i}: reached the last message`)
     }

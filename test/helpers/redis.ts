@@ -62,6 +62,8 @@ export class Client {
   readonly es: EventSource
   opens = 0
   errors = 0
+  /** How many events had come in at each open, to tell a replay from what came live. */
+  readonly openedAt: number[] = []
 
   constructor (t: Test, url: string, init?: ConstructorParameters<typeof EventSource>[1], names: string[] = []) {
     this.es = new EventSource(url, init)
@@ -72,7 +74,10 @@ export class Client {
     }
     this.es.addEventListener('message', record)
     for (const name of names) this.es.addEventListener(name, record)
-    this.es.addEventListener('open', () => { this.opens++ })
+    this.es.addEventListener('open', () => {
+      this.opens++
+      this.openedAt.push(this.events.length)
+    })
     this.es.addEventListener('error', () => { this.errors++ })
   }
 
