@@ -1,11 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { FST_ERR_SSE_ADAPTER, FST_ERR_SSE_PUBLISH_FAILED } from '../errors'
-import { encode } from '../history/redis-streams'
-import {
-  ABORT, APPEND, PUBLISH_MANY, RedisClusterHistory, SEQUENCE, clusterKeys, completeBelow, decodePayload, padded, slotOf,
-  type ClusterEntry, type ClusterKeys
-} from '../history/redis-cluster-streams'
+import { RedisClusterHistory, clusterKeys, completeBelow, decodePayload, type ClusterEntry, type ClusterKeys } from '../history/redis-cluster-streams'
 import { isAfter } from '../position'
 import { topicsOf } from '../target'
 import type { AdapterHost, AdapterPublishOptions, ControlMessage, CountTarget, EventSourceAdapter, PresenceListener, PublishedMessage, ReplayResult } from './adapter'
@@ -16,6 +12,7 @@ import type { RedisClusterAdapterOptions } from '../../types/redis'
 import { InOrder } from './cluster-order'
 import { ClusterSubscriptions } from './cluster-subscriptions'
 import { OnlineReplicas } from './cluster-replicas'
+import { ClusterWrites, reply } from './cluster-writes'
 import { firstHeard } from './routes'
 import { CLOCK_AGE, CLOCK_MARGIN, Claims, applyControl, bounded, clockEstimate, controlPayload, fail, positive, ready, closeCluster, sleep } from './coordination'
 
@@ -42,8 +39,6 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #client: Cluster | undefined
   #history: RedisClusterHistory | undefined
   #host: AdapterHost | undefined
-  #maxLen: number
-  #keyTtl: number
   #ttl: number
   #timeout: number
   /** ms a pending id is waited for: a publisher gives up after publishTimeout. */
@@ -60,6 +55,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
   #owned: (Redis | Cluster)[] = []
   #subscriptions: ClusterSubscriptions | undefined
   #replicas: OnlineReplicas
+  #writes: ClusterWrites
   /** With history: delivery in id order. */
   #order: InOrder | undefined
   #claims: Claims | undefined
@@ -100,14 +96,25 @@ class RedisClusterAdapter implements EventSourceAdapter {
     }
     this.#userClient = client
     this.#nodes = nodes
-    this.#maxLen = history === false ? 0 : positive('history.maxLen', history?.maxLen, 1000)
-    this.#keyTtl = history === false ? 0 : positive('history.keyTtl', history?.keyTtl, 3_600_000)
     this.#ttl = history === false || history?.ttl === Infinity ? 0 : positive('history.ttl', history?.ttl, 3_600_000)
     this.#timeout = positive('publishTimeout', options.publishTimeout, 2000)
     this.#expire = this.#timeout * 2
     this.#connectTimeout = positive('connectTimeout', options.connectTimeout, 5000)
     // Half the publish's time, leaving the rest for the sequencer.
     this.#replicas = new OnlineReplicas(Math.max(1, Math.floor(this.#timeout / 2)))
+    this.keys = clusterKeys(prefix)
+    this.#writes = new ClusterWrites({
+      keys: this.keys,
+      replicas: this.#replicas,
+      maxLen: history === false ? 0 : positive('history.maxLen', history?.maxLen, 1000),
+      keyTtl: history === false ? 0 : positive('history.keyTtl', history?.keyTtl, 3_600_000),
+      ttl: this.#ttl,
+      timeout: this.#timeout,
+      expire: this.#expire,
+      skew: () => this.#skew,
+      refreshSlots: async () => this.#subscriptions?.refreshSlots(),
+      closed: () => this.#closed
+    })
     const runs = options.runs
     if (runs !== undefined && (typeof runs !== 'object' || runs === null)) fail('runs', 'must be { lease }')
     this.#runLease = positive('runs.lease', runs?.lease, 10_000)
@@ -121,7 +128,6 @@ class RedisClusterAdapter implements EventSourceAdapter {
         }
     this.hasHistory = history !== false
     this.channelPrefix = prefix
-    this.keys = clusterKeys(prefix)
     this.streamKey = this.keys.plain
     this.messageChannel = this.keys.messages
     this.claimChannel = this.keys.claims
@@ -215,7 +221,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
     const client = this.#client
     if (client === undefined || this.#closed) throw new FST_ERR_SSE_PUBLISH_FAILED(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
     if (client.status !== 'ready') throw new FST_ERR_SSE_PUBLISH_FAILED(`the Redis Cluster is not connected (${client.status})`)
-    const sent = this.hasHistory ? this.#append(client, message, options?.key) : this.#publishLive(client, message)
+    const sent = this.hasHistory ? this.#writes.append(client, message, options?.key) : this.#writes.publishLive(client, message)
     this.#inFlight.add(sent)
     try {
       await this.#bounded(sent)
@@ -224,119 +230,6 @@ class RedisClusterAdapter implements EventSourceAdapter {
     } finally {
       this.#inFlight.delete(sent)
     }
-  }
-
-  async #publishLive (client: Cluster, message: PublishedMessage): Promise<void> {
-    const payload = '\n' + encode(message, true)
-    const channels = this.#channelsOf(message)
-    if (channels.length === 1) await client.spublish(channels[0], payload)
-    else await client.eval(PUBLISH_MANY, 1, this.keys.seq, payload, ...channels)
-  }
-
-  /**
-   * The channels a message travels on: its topic's own (on the topic's slot) for one topic; on the sequencer's slot,
-   * one per topic for several, its identifier's, or the channel of everyone and prefixes.
-   */
-  #channelsOf (message: PublishedMessage): string[] {
-    const keys = this.keys
-    const to = message.to
-    const topics = topicsOf(to)
-    if (topics !== undefined) return topics.length === 1 ? [keys.topic(topics[0])] : topics.map(keys.multiTopic)
-    return typeof to === 'string' ? [keys.identifier(to)] : [this.messageChannel]
-  }
-
-  /**
-   * The id from the sequencer. A message to no topic, or to several, is written and published there at once, in
-   * one step (whole or not at all); a message to one topic is then written and published on the topic's slot. Each
-   * write waits for one replica (when the shard's master has one online): a publish that resolved survives its
-   * master being killed.
-   */
-  async #append (client: Cluster, message: PublishedMessage, key: string | undefined): Promise<void> {
-    const keys = this.keys
-    const topics = topicsOf(message.to) ?? []
-    const body = encode(message, false)
-    const plain = topics.length !== 1
-    const channels = plain ? this.#channelsOf(message) : []
-    // Counted without awaiting anything: the sequencer must get the publishes in the order they were made.
-    const node = plain ? this.#master(client, keys.seq) : undefined
-    const replicas = node === undefined ? 0 : this.#replicas.count(node)
-    // The sequencer refuses to run it past the publish's deadline: it would then take an id after later publishes.
-    const sequencer = client.pipeline().eval(SEQUENCE, 5, keys.seq, keys.pending, keys.epoch, key === undefined ? keys.seq : keys.key(key),
-      topics.length > 1 ? keys.multi : keys.plain,
-      plain ? 'p' : 't', body, this.#maxLen, this.#keyTtl, key === undefined ? '0' : '1', Date.now() + this.#skew + this.#timeout, this.#expire,
-      ...channels)
-    if (this.#replicas.waitsWith(replicas)) sequencer.call('WAIT', 1, this.#replicas.waitMs)
-    const results = await sequencer.exec()
-    const [id, seen] = this.#reply(results) as [string, number]
-    // Resolving now could report stored a message whose write then fails: the caller tries again once it settled.
-    if (seen === 2) throw new Error('the first publish with this key is still being written to its topic\'s shard; try again once it settles')
-    if (node !== undefined) return this.#replicas.acknowledged(node, replicas, results?.[1]?.[1])
-    if (seen === 1) return
-    const stream = keys.topic(topics[0])
-    let written: Written
-    try {
-      written = await this.#appendTopic(client, stream, id, body)
-    } catch (err) {
-      this.#settle(async () => client.eval(ABORT, 2, keys.pending, key === undefined ? keys.pending : keys.key(key), padded(id), id))
-      throw err
-    }
-    // Written: instances may deliver the ids after it (not awaited; until it lands, or the id expires, they only
-    // wait a little longer), while the replica catches up.
-    this.#settle(async () => client.zrem(keys.pending, padded(id)))
-    await this.#replicas.acknowledged(written.node, written.replicas, written.waited)
-  }
-
-  /**
-   * Takes a topic message's id out of the pending set (written, or given back with its key), not awaited. Tried again
-   * for a while: the connection it goes over may be replaced just then (as the slot map settles after a failover), and
-   * a pending id left behind holds back every instance's deliveries, and a retry with its key, until it expires.
-   */
-  #settle (command: () => Promise<unknown>, attempt = 0): void {
-    command().catch(() => {
-      if (attempt < SETTLE_ATTEMPTS && !this.#closed) setTimeout(() => this.#settle(command, attempt + 1), 100 * (attempt + 1)).unref()
-    })
-  }
-
-  /**
-   * Writes and publishes on the connection to the master of the topic's slot, WAIT right after it on the same
-   * connection; resolves once the write is done, with the WAIT's reply to come. A MOVED reply (the slot moved; the write did not
-   * run) is followed once, the slot map refreshed. An ASK reply is not: the slot is being moved, and a message
-   * published on its new master before the instances subscribe there would reach them after later ones.
-   */
-  async #appendTopic (client: Cluster, stream: string, id: string, body: string): Promise<Written> {
-    for (let attempt = 0; ; attempt++) {
-      const node = this.#master(client, stream)
-      const replicas = this.#replicas.count(node)
-      const appended = node.eval(APPEND, 1, stream, id, body, this.#maxLen, this.#ttl)
-      const waited = this.#replicas.waitsWith(replicas) ? node.call('WAIT', 1, this.#replicas.waitMs) : undefined
-      try {
-        await appended
-        return { node, replicas, waited }
-      } catch (err) {
-        waited?.catch(() => {})
-        if (attempt > 0 || !/^MOVED /.test((err as Error).message)) throw err
-        await this.#subscriptions?.refreshSlots()
-      }
-    }
-  }
-
-  /** The connection to the master serving the key's slot. */
-  #master (client: Cluster, key: string): Redis {
-    const serving = client.slots[slotOf(key)]?.[0]
-    const node = serving === undefined ? undefined : client.nodes('master').find(node => `${node.options.host}:${node.options.port}` === serving)
-    if (node === undefined) {
-      // The client drops a node whose connection ended and adds it back at its next refresh of the slot map: ask now.
-      client.refreshSlotsCache()
-      throw new Error(`no master known for the slot of ${key}`)
-    }
-    return node
-  }
-
-  /** The reply at `index` of a pipeline whose commands all succeeded. */
-  #reply (results: [Error | null, unknown][] | null, index = 0): unknown {
-    if (results === null) throw new Error('the pipeline was aborted')
-    for (const [err] of results) if (err !== null) throw err
-    return results[index][1]
   }
 
   async replay (lastEventId: string, identifier: string | undefined, topics?: readonly string[]): Promise<ReplayResult> {
@@ -376,7 +269,7 @@ class RedisClusterAdapter implements EventSourceAdapter {
   /** The sequencer's clock against this one's (publish deadlines and new streams' start are in the sequencer's time). */
   async #clock (client: Cluster): Promise<void> {
     const asked = Date.now()
-    const time = this.#reply(await this.#bounded(client.pipeline().exists(this.keys.seq).time().exec()), 1) as [string, string]
+    const time = reply(await this.#bounded(client.pipeline().exists(this.keys.seq).time().exec()), 1) as [string, string]
     const answered = Date.now()
     ;({ offset: this.#skew, margin: this.#margin } = clockEstimate(time, asked, answered))
     this.#clockAt = answered
@@ -488,16 +381,6 @@ class RedisClusterAdapter implements EventSourceAdapter {
   async #ready (connection: Redis | Cluster): Promise<void> {
     return ready(connection, this.#connectTimeout)
   }
-}
-
-/** Retries of a pending id's removal, 100 ms more apart each time (1.5 s in all). */
-const SETTLE_ATTEMPTS = 5
-
-/** A topic write: the master it went to, its count of replicas online, and the reply of the WAIT sent with it. */
-interface Written {
-  node: Redis
-  replicas: number | Promise<number>
-  waited: Promise<unknown> | undefined
 }
 
 /**
