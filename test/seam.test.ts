@@ -5,7 +5,7 @@ import redisAdapter from '../lib/adapters/redis'
 import { MemoryHistory } from '../lib/history/memory'
 import type { AdapterHost, EventSourceAdapter, HistoryStore, PublishedMessage, ReplayResult } from '../types/index'
 import { sleep, stalledClient } from './helpers/clients'
-import { readEvents } from './helpers/read-events'
+import { readEvents, type EventStream } from './helpers/read-events'
 import { redisReady, redisUrl, uniquePrefix } from './helpers/redis'
 import { start, until } from './helpers/server'
 import { fillUntilStalled } from './helpers/sources'
@@ -168,14 +168,20 @@ test('queued messages lost: several live messages queued behind a replay all arr
   t.same(app.eventSources.getByIdentifier('u')?.replay, { replayed: 1, gap: false })
 })
 
-test('a source never receives a message at or before its Last-Event-ID, nor before one it was written', async t => {
+/** An app on the lagging adapter with one stream open, which got m1..m3. */
+async function laggingApp (t: Test, identifier: string): Promise<{ adapter: LaggingAdapter, app: FastifyInstance, url: string, stream: EventStream }> {
   const adapter = new LaggingAdapter()
   const { app, url } = await start(t, streamRoute, { adapter })
-  const ahead = await readEvents(`${url}/sse/ahead`)
-  t.teardown(ahead.close)
+  const stream = await readEvents(`${url}/sse/${identifier}`)
+  t.teardown(stream.close)
   await until(() => app.eventSources.activeConnections === 1)
   for (let i = 1; i <= 3; i++) await app.eventSources.publish(`m${i}`)
-  await until(() => ahead.events.length === 3)
+  await until(() => stream.events.length === 3)
+  return { adapter, app, url, stream }
+}
+
+test('a source never receives a message at or before its Last-Event-ID, nor before one it was written', async t => {
+  const { adapter, app, url, stream: ahead } = await laggingApp(t, 'ahead')
 
   // This instance falls behind: m4..m6 are stored but not yet delivered here.
   adapter.hold()
@@ -202,13 +208,7 @@ function lastIdOf (events: { id?: string }[]): string | undefined {
 }
 
 test('a gap report never moves a client\'s last id back, live or behind a replay, so a reconnect replays nothing twice', async t => {
-  const adapter = new LaggingAdapter()
-  const { app, url } = await start(t, streamRoute, { adapter })
-  const live = await readEvents(`${url}/sse/live`)
-  t.teardown(live.close)
-  await until(() => app.eventSources.activeConnections === 1)
-  for (let i = 1; i <= 3; i++) await app.eventSources.publish(`m${i}`)
-  await until(() => live.events.length === 3)
+  const { adapter, app, url, stream: live } = await laggingApp(t, 'live')
   const ids = live.events.map(event => event.id as string)
 
   // A source already past the newest id the gap names (its replay read further): the reset carries its own position.
