@@ -355,8 +355,11 @@ export class EventSource implements HttpRequestEventSource {
    */
   _finishReplay (result: ReplayResult, resetEvent: string, requestedId: string): void {
     if (!this.#active) return
-    let position = parsePosition(result.position) ??
-      later(parsePosition(result.latestId), result.gap ? undefined : parsePosition(requestedId))
+    // On a gap the client's id may come from a history that is gone, whose clock ran ahead: where the history stands
+    // counts then. When it cannot say (unreadable, or empty), the client's own id still bounds what it has.
+    const own = parsePosition(requestedId)
+    const latest = parsePosition(result.latestId)
+    let position = parsePosition(result.position) ?? (result.gap ? latest ?? own : later(latest, own))
     const frames: Buffer[] = []
     let bytes = 0
     if (result.gap) {

@@ -53,8 +53,13 @@ class LaggingAdapter implements EventSourceAdapter {
     return this.#local.publish(message)
   }
 
+  /** What the next replays do instead of reading the history: fail, or find it empty (lost in a restart). */
+  replayAs: 'read' | 'fail' | 'empty' = 'read'
+
   async replay (lastEventId: string, identifier: string): Promise<ReplayResult> {
     if (this.replayDelay > 0) await sleep(this.replayDelay)
+    if (this.replayAs === 'fail') throw new Error('the history cannot be read')
+    if (this.replayAs === 'empty') return { messages: [], gap: true }
     return this.#local.replay(lastEventId, identifier)
   }
 
@@ -200,6 +205,28 @@ test('a source never receives a message at or before its Last-Event-ID, nor befo
   t.same(resumed.events.map(e => e.data), ['m7'], 'nothing at or before its Last-Event-ID')
   t.same(ahead.events.map(e => e.data), ['m1', 'm2', 'm3', 'm4', 'm5', 'm6', 'm7'], 'nothing twice, nothing backwards')
   t.same(app.eventSources.getByIdentifier('resumed')?.replay, { replayed: 0, gap: false })
+})
+
+test('a replay that fails, or finds the history empty, still keeps from the client what it had: the reset, then only later messages', async t => {
+  const { adapter, app, url, stream: first } = await laggingApp(t, 'first')
+  for (const replayAs of ['fail', 'empty'] as const) {
+    // This instance falls behind: three more are stored but not yet delivered here.
+    adapter.hold()
+    for (const n of [1, 2, 3]) await app.eventSources.publish(`${replayAs}-${n}`)
+    const last = adapter.history.readAfter('', '').latestId as string
+    // A client that got them all elsewhere resumes here, and its replay fails or finds nothing.
+    adapter.replayAs = replayAs
+    const resumed = await readEvents(`${url}/sse/${replayAs}`, { 'last-event-id': last })
+    t.teardown(resumed.close)
+    await until(() => app.eventSources.getByIdentifier(replayAs)?.replay !== undefined)
+    adapter.replayAs = 'read'
+    adapter.release()
+    await app.eventSources.publish(`${replayAs}-after`)
+    await until(() => resumed.events.some(e => e.data === `${replayAs}-after`))
+    t.same(resumed.events.map(e => e.event ?? e.data), ['reset', `${replayAs}-after`], `${replayAs}: the reset, then nothing it had`)
+    t.same(app.eventSources.getByIdentifier(replayAs)?.replay, { replayed: 0, gap: true })
+  }
+  t.equal(first.events.length, 3 + 4 + 4, 'the stream that was there got everything once')
 })
 
 /** The id a client resumes from: the last one it was given, by any event. */
