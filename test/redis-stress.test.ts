@@ -33,7 +33,8 @@ function judge (client: Client, order: string[]): Verdict {
       continue
     }
     if (i <= last) {
-      // What a failure needs to be read: the events around it, by position in the order, with their ids and opens.
+      // What a failure needs to be read: the events around it, by index in the order, each with the client's last id
+      // after it (`lastEventId`), and where the client reconnected.
       verdict.first ??= client.events.slice(Math.max(0, n - 6), n + 3).map((e, k) => {
         const at = Math.max(0, n - 6) + k
         const opened = client.openedAt.includes(at) ? '(open) ' : ''
