@@ -6,12 +6,12 @@ import {
   FST_ERR_SSE_ALREADY_STREAMING, FST_ERR_SSE_CLOSING, FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD,
   FST_ERR_SSE_TOO_MANY_CONNECTIONS
 } from './errors'
-import { EventSource, framePositions, resetFrames, type SendOptions, type SourceContext } from './event-source'
+import { EventSource, framePositions, resetFrameAt, resetFrames, type SendOptions, type SourceContext } from './event-source'
 import { checkEventOptions, eventFrame, messageFrame, serialize } from './frame'
 import type { PublishedMessage } from './history/history'
 import { Metrics } from './metrics'
 import type { Settings } from './options'
-import { follows, parsePosition, type Position } from './position'
+import { parsePosition, type Position } from './position'
 import { PingScheduler } from './ping'
 import { MemoryRunStore } from './history/memory-runs'
 import { Runs } from './runs'
@@ -411,9 +411,9 @@ export class EventSourceCollection extends EventEmitter implements PublicCollect
     const behind: EventSource[] = []
     for (const source of this.#publishedTo()) {
       // A replaying source's position is known when its replay ends, which sorts the frame out then.
-      const position = source._replaying ? undefined : source._position
-      if (position !== undefined && follows(position, latest)) source._write(reset.at(position), 'message')
-      else behind.push(source)
+      const own = source._replaying ? frame : resetFrameAt(frame, source._position)
+      if (own === frame) behind.push(source)
+      else source._write(own, 'message')
     }
     this.#ctx.scheduler.fanOut(behind, frame, 'message')
   }

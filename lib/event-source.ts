@@ -45,6 +45,13 @@ export interface ResetFrame {
 }
 export const resetFrames = new WeakMap<Buffer, ResetFrame>()
 
+/** The frame a source at `position` writes for `frame`: a gap's reset rebuilt with its own id when it is past the gap's. */
+export function resetFrameAt (frame: Buffer, position: Position | undefined): Buffer {
+  if (position === undefined) return frame
+  const reset = resetFrames.get(frame)
+  return reset !== undefined && follows(position, reset.latest) ? reset.at(position) : frame
+}
+
 // Connection-specific headers are forbidden on HTTP/2 (RFC 9113 §8.2.2).
 const HOP_BY_HOP = ['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection']
 
@@ -385,9 +392,8 @@ export class EventSource implements HttpRequestEventSource {
         if (at !== undefined) {
           if (position !== undefined && !follows(at, position)) continue
           position = at
-        } else if (position !== undefined) {
-          const reset = resetFrames.get(frame)
-          if (reset !== undefined && follows(position, reset.latest)) frame = reset.at(position)
+        } else {
+          frame = resetFrameAt(frame, position)
         }
         kept.push(frame)
         queued += frame.length
