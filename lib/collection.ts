@@ -6,7 +6,8 @@ import {
   FST_ERR_SSE_ALREADY_STREAMING, FST_ERR_SSE_CLOSING, FST_ERR_SSE_HEADERS_SENT, FST_ERR_SSE_INVALID_FIELD,
   FST_ERR_SSE_TOO_MANY_CONNECTIONS
 } from './errors'
-import { EventSource, framePositions, resetFrameAt, resetFrames, type SendOptions, type SourceContext } from './event-source'
+import { EventSource, type SendOptions, type SourceContext } from './event-source'
+import { framePositions, resetFrameAt, resetFrames } from './frame-positions'
 import { checkEventOptions, eventFrame, messageFrame, serialize } from './frame'
 import type { PublishedMessage } from './history/history'
 import { Metrics } from './metrics'

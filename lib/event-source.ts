@@ -10,6 +10,7 @@ import type { Metrics } from './metrics'
 import { checkHeader, STREAM_HEADERS, type Settings } from './options'
 import { PingPolicy, type PingScheduler } from './ping'
 import { follows, later, parsePosition, type Position } from './position'
+import { framePositions, resetFrameAt, resetFrames } from './frame-positions'
 import { pipe } from './producer'
 import type { Runs } from './runs'
 import type { WriteScheduler } from './scheduler'
@@ -29,27 +30,6 @@ export interface SourceContext {
   runs: Runs
   metrics: Metrics
   release (source: EventSource): void
-}
-
-/** The history position of each published frame: a source never writes one at or before the last it wrote. */
-export const framePositions = new WeakMap<Buffer, Position>()
-
-/**
- * A live-delivery gap's reset frame, with the newest id it names. A source already past that id (its replay read
- * further) gets the frame with its own position as id instead: a client's last id never moves back, or its next
- * reconnect would replay what it already has.
- */
-export interface ResetFrame {
-  latest: Position
-  at: (position: Position) => Buffer
-}
-export const resetFrames = new WeakMap<Buffer, ResetFrame>()
-
-/** The frame a source at `position` writes for `frame`: a gap's reset rebuilt with its own id when it is past the gap's. */
-export function resetFrameAt (frame: Buffer, position: Position | undefined): Buffer {
-  if (position === undefined) return frame
-  const reset = resetFrames.get(frame)
-  return reset !== undefined && follows(position, reset.latest) ? reset.at(position) : frame
 }
 
 // Connection-specific headers are forbidden on HTTP/2 (RFC 9113 §8.2.2).
