@@ -20,12 +20,30 @@ function routes (app: FastifyInstance): void {
 
 let names = 0
 
-/** An instance on the private server; its two connections carry a name of their own, to kill its subscriber alone. */
-async function instance (t: Test, redis: PrivateRedis, prefix: string, options: RedisAdapterOptions = {}): Promise<{ app: FastifyInstance, url: string, name: string }> {
+/**
+ * An instance on the private server; its two connections carry a name of their own, to kill its subscriber alone.
+ * What it logs at info and above is kept in `logs`, for a failure's report.
+ */
+async function instance (t: Test, redis: PrivateRedis, prefix: string, options: RedisAdapterOptions = {}): Promise<{ app: FastifyInstance, url: string, name: string, logs: string[] }> {
   const name = `fes-${process.pid}-${++names}`
   const adapter = redisAdapter({ url: `${redis.url}?connectionName=${name}`, channelPrefix: prefix, ...options })
+  const logs: string[] = []
+  const logger = { level: 'info', stream: { write: (line: string) => { if (!line.includes('"incoming request"') && !line.includes('"request completed"')) logs.push(line.slice(0, 300)) } } }
   // Bursts of large messages pass the default 1 MiB per-client bound: these tests are about Redis, not slow clients.
-  return { ...await start(t, routes, { adapter, maxBufferedBytes: 256 * 1024 * 1024 }), name }
+  return { ...await start(t, routes, { adapter, maxBufferedBytes: 256 * 1024 * 1024 }, { logger }), name, logs }
+}
+
+/** Waits like `until`; on a timeout, the test first says what each stream got and what each instance logged. */
+async function untilOr (t: Test, check: () => boolean, ms: number, what: string, report: Record<string, { stream: EventStream, logs: string[] }>): Promise<void> {
+  try {
+    await until(check, ms, what)
+  } catch (err) {
+    for (const [name, { stream, logs }] of Object.entries(report)) {
+      t.comment(`${name}: ${data(stream).length} message(s), ${stream.events.filter(e => e.event === 'reset').length} reset(s), last: ${data(stream).at(-1)?.slice(0, 20) ?? 'none'}`)
+      for (const line of logs) t.comment(`  ${name} logged ${line.trim()}`)
+    }
+    throw err
+  }
 }
 
 async function open (t: Test, url: string, headers?: Record<string, string>): Promise<EventStream> {
@@ -63,7 +81,10 @@ if (!hasRedisServer) {
     const before = await subscribers()
     await Promise.all(Array.from({ length: 150 }, (_, n) => a.app.eventSources.publish(`${n} ${big}`)))
     await a.app.eventSources.publish('end')
-    await until(() => data(onA).includes('end') && data(onB).includes('end'), 20_000, 'the end marker')
+    const published = Date.now()
+    // 38 MB read back from Redis and parsed twice by the test itself: on a busy machine this takes many seconds.
+    await untilOr(t, () => data(onA).includes('end') && data(onB).includes('end'), 60_000, 'the end marker', { A: { stream: onA, logs: a.logs }, B: { stream: onB, logs: b.logs } })
+    t.comment(`both streams had the end marker ${Date.now() - published} ms after it was published`)
     const after = await subscribers()
     t.ok(before.every(id => !after.includes(id)), 'Redis dropped both subscribers: they are new connections now')
     const expected = [...Array.from({ length: 150 }, (_, n) => `${n} ${big}`), 'end']

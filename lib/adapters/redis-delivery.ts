@@ -272,7 +272,8 @@ export class RedisDelivery {
     for (;;) {
       const cursor = this.#lastId ?? '0-0'
       // Inclusive of the cursor: finding it again proves nothing after it was trimmed.
-      const entries = await this.#retried(() => history.page(cursor, count + 1))
+      // A page that could not be read in time is asked again smaller: its messages may be large, the machine busy.
+      const entries = await this.#retried(() => history.page(cursor, count + 1), () => { count = Math.max(1, Math.floor(count / 4)) })
       if (entries === undefined) {
         if (!missed) {
           // Live delivery on the routes held before lost nothing: only a new route's first round trip may have.
@@ -354,14 +355,18 @@ export class RedisDelivery {
     return wanted
   }
 
-  /** Runs a read until it succeeds, backing off; undefined after READ_ATTEMPTS failures or once closed. */
-  async #retried<T> (read: () => Promise<T>): Promise<T | undefined> {
+  /**
+   * Runs a read until it succeeds, backing off (`failed` is told of each failure); undefined after READ_ATTEMPTS
+   * failures or once closed.
+   */
+  async #retried<T> (read: () => Promise<T>, failed?: () => void): Promise<T | undefined> {
     for (let attempt = 1; attempt <= READ_ATTEMPTS && !this.#closed; attempt++) {
       try {
         if (this.#client?.status !== 'ready') throw new Error('Redis is not connected')
         return await this.#bounded(read())
       } catch (err) {
         this.#host.log.debug({ err, attempt }, 'fastify-event-sources: history read failed; retrying')
+        failed?.()
         await sleep(Math.min(attempt * 250, 2000))
       }
     }
