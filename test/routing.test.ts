@@ -4,6 +4,7 @@ import redisAdapter from '../lib/adapters/redis'
 import { openRaw } from './helpers/raw'
 import { redisClient, redisReady, redisUrl, uniquePrefix } from './helpers/redis'
 import { PrivateRedis, hasRedisServer } from './helpers/redis-server'
+import { Instance } from './helpers/redis-instance'
 import { start, until } from './helpers/server'
 
 /**
@@ -65,10 +66,37 @@ if (redisReady(tap)) {
       await a.app.eventSources.subscribe('carol', `news-${round}`)
       for (let i = 0; i < 10; i++) a.app.eventSources.publish(`news-${round}-${i}`, { to: { topic: `news-${round}` } }).catch(() => {})
     }
-    await until(() => client.events.length >= 50, 5000, 'all 50')
+    await until(() => client.events.length >= 50, 10_000, 'all 50')
     const expected = []
     for (let round = 0; round < 5; round++) for (let i = 0; i < 10; i++) expected.push(`news-${round}-${i}`)
     t.same(client.events.map(e => e.data), expected, 'every publish after subscribe() resolved, once, in order')
+  })
+
+  // Regression: the instance counted the new route as opened when it got to the control message, by its own clock:
+  // one that heard of it late (busy, or descheduled) dropped what was published in between.
+  test('eventSources.subscribe() heard late by the other instance: what was published once it resolved still reaches the source', async t => {
+    const prefix = uniquePrefix(t)
+    const a = await start(t, routes(), { adapter: redisAdapter({ url: redisUrl, channelPrefix: prefix }) })
+    const b = new Instance(prefix, redisUrl, {}, 'routing-instance.js')
+    t.teardown(() => b.stop())
+    await b.ready()
+    const client = await openRaw(t, `${b.url}/events/dave`)
+    for (let n = 0; n < 100 && (await b.call('metrics') as { openStreams: number }).openStreams !== 1; n++) await sleep(50)
+    let resumed = false
+    const resume = (): void => {
+      if (resumed) return
+      resumed = true
+      process.kill(b.child.pid as number, 'SIGCONT')
+    }
+    t.teardown(resume)
+    process.kill(b.child.pid as number, 'SIGSTOP')
+    await a.app.eventSources.subscribe('dave', 'late-news')
+    for (let i = 0; i < 5; i++) await a.app.eventSources.publish(`late-${i}`, { to: { topic: 'late-news' } })
+    await sleep(300)
+    resume()
+    await until(() => client.events.length >= 5, 10_000, 'the five messages')
+    await sleep(100)
+    t.same(client.events.map(e => e.data), ['late-0', 'late-1', 'late-2', 'late-3', 'late-4'], 'every publish after subscribe() resolved, once, in order')
   })
 
   test('a new route does not bring what was published to it before its first source opened', async t => {

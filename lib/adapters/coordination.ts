@@ -128,19 +128,37 @@ export function controlPayload (instance: string, message: ControlMessage): stri
   return JSON.stringify([instance, message.op, message.to, message.topics])
 }
 
+/** Publishes ARGV[2] (a JSON array without its closing bracket) on channel ARGV[1], with Redis's time (ms) last. */
+const PUBLISH_STAMPED = `local t = redis.call('TIME')
+return redis.call('PUBLISH', ARGV[1], ARGV[2] .. ',' .. string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000)) .. ']')`
+
+/**
+ * Publishes a control message stamped with the Redis time it was published at: a route it opens on another instance
+ * reads what was published to it from then on, however late that instance hears of it (its own clock would start
+ * later, and miss what was published after the caller's subscribe() resolved).
+ */
+export async function publishStampedControl (client: Redis, channel: string, instance: string, message: ControlMessage): Promise<unknown> {
+  return client.eval(PUBLISH_STAMPED, 0, channel, controlPayload(instance, message).slice(0, -1))
+}
+
+/** Runs `apply`; `at` is the Redis time (ms) the control message was published at, when it says. */
+export type ControlScope = (at: number | undefined, apply: () => void) => void
+
 /** A subscribe or unsubscribe from another instance, checked as carefully as one made here, then applied. */
-export function applyControl (host: AdapterHost, instance: string, payload: string, channel: string): void {
+export function applyControl (host: AdapterHost, instance: string, payload: string, channel: string, scope: ControlScope = (_, apply) => apply()): void {
   let message: ControlMessage
+  let stamp: number | undefined
   try {
-    const [from, op, to, topics] = JSON.parse(payload) as [unknown, unknown, unknown, unknown]
+    const [from, op, to, topics, at] = JSON.parse(payload) as [unknown, unknown, unknown, unknown, unknown]
     if (from === instance) return
     if ((op !== 'subscribe' && op !== 'unsubscribe') || to === undefined || !isTarget(to)) throw new TypeError('not a control message')
     message = { op, to, topics: checkTopics(topics) }
+    stamp = typeof at === 'number' && Number.isSafeInteger(at) ? at : undefined
   } catch (err) {
     host.log.warn({ err, channel }, 'fastify-event-sources: ignored a malformed control message from Redis')
     return
   }
-  host.control(message)
+  scope(stamp, () => host.control(message))
 }
 
 /** Claims per announcement message when every source is announced again. */

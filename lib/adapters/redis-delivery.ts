@@ -70,6 +70,8 @@ export class RedisDelivery {
    * was published to them before their subscription held is read from the stream, from that time on.
    */
   #fresh = new Map<string, number>()
+  /** While a control message from another instance is applied: the Redis time it was published at. */
+  #controlAt: number | undefined
   /** Redis's clock minus this instance's (ms), the round trip included in the margin, and when it was measured. */
   #offset = 0
   #margin = CLOCK_MARGIN
@@ -147,11 +149,25 @@ export class RedisDelivery {
    */
   opened (channel: string): void {
     if (!this.#subscribed || this.#closed || this.#history === undefined) return
-    if (!this.#fresh.has(channel)) this.#fresh.set(channel, Date.now() + this.#offset - this.#margin)
+    const since = Math.min(Date.now() + this.#offset - this.#margin, this.#controlAt ?? Infinity)
+    if (since < (this.#fresh.get(channel) ?? Infinity)) this.#fresh.set(channel, since)
     this.#held ??= []
     if (Date.now() - this.#clockAt > CLOCK_AGE) {
       this.#clockAt = Date.now()
       this.clock().catch(() => {})
+    }
+  }
+
+  /**
+   * Applies a subscribe or unsubscribe published by another instance at Redis time `at`: a route it opens here reads
+   * what was published to it from then, not from when this instance got to it.
+   */
+  controlled (at: number | undefined, apply: () => void): void {
+    this.#controlAt = at
+    try {
+      apply()
+    } finally {
+      this.#controlAt = undefined
     }
   }
 

@@ -10,7 +10,7 @@ import type { RunSink } from '../runs'
 import { RedisRunStore } from './redis-runs'
 import { RedisClusterAdapter } from './redis-cluster'
 import type { RedisAdapterOptions, RedisClusterAdapterOptions } from '../../types/redis'
-import { Claims, applyControl, bounded, controlPayload, fail, positive, ready, sleep } from './coordination'
+import { Claims, applyControl, bounded, fail, positive, publishStampedControl, ready, sleep } from './coordination'
 
 // Fail fast instead of queueing while Redis is away: a queued publish would hang, then arrive late and out of order.
 const OWN_CONNECTION: RedisOptions = {
@@ -283,7 +283,7 @@ class RedisAdapter implements EventSourceAdapter {
     if (client === undefined || this.#closed) throw new FST_ERR_SSE_PUBLISH_FAILED(this.#closed ? 'the Redis adapter is closed' : 'the Redis adapter is not attached')
     if (client.status !== 'ready') throw new FST_ERR_SSE_PUBLISH_FAILED(`Redis is not connected (${client.status}); the change applied to this instance only`)
     try {
-      await this.#bounded(client.publish(this.controlChannel, controlPayload(this.#instance, message)))
+      await this.#bounded(publishStampedControl(client, this.controlChannel, this.#instance, message))
     } catch (err) {
       throw new FST_ERR_SSE_PUBLISH_FAILED(`${(err as Error).message}; the change applied to this instance only`, { cause: err })
     }
@@ -376,7 +376,7 @@ class RedisAdapter implements EventSourceAdapter {
   #onControl (payload: string): void {
     const host = this.#host
     if (host === undefined || this.#closed) return
-    applyControl(host, this.#instance, payload, this.controlChannel)
+    applyControl(host, this.#instance, payload, this.controlChannel, (at, apply) => this.#delivery?.controlled(at, apply) ?? apply())
   }
 
   /** A user's client may queue commands while Redis is away: never wait longer than publishTimeout. */
