@@ -3,7 +3,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { request as httpRequest } from 'node:http'
 import { connect, createServer } from 'node:net'
 import path from 'node:path'
-import { test, type Test } from 'tap'
+import tap, { test, type Test } from 'tap'
 import ts from 'typescript'
 import { packageDir, ROOT } from './helpers/package-dir'
 import { sleep } from './helpers/clients'
@@ -74,6 +74,10 @@ async function exited (child: ChildProcess, ms: number): Promise<boolean> {
 }
 
 const README = readFileSync(path.join(ROOT, 'README.md'), 'utf8')
+
+// Some 25 examples run one after the other, each in a process of its own (40 s on an idle machine): on a busy one
+// this file needs more than the suite's 120 s per file.
+tap.setTimeout(360_000)
 
 test('every js and ts block of the README runs as pasted (issue 11, point 7)', async outer => {
   const t = outer
