@@ -376,7 +376,8 @@ class RedisAdapter implements EventSourceAdapter {
   #onControl (payload: string): void {
     const host = this.#host
     if (host === undefined || this.#closed) return
-    applyControl(host, this.#instance, payload, this.controlChannel, (at, apply) => this.#delivery?.controlled(at, apply) ?? apply())
+    const delivery = this.#delivery
+    applyControl(host, this.#instance, payload, this.controlChannel, delivery === undefined ? undefined : (at, apply) => delivery.controlled(at, apply))
   }
 
   /** A user's client may queue commands while Redis is away: never wait longer than publishTimeout. */
