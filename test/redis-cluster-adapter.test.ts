@@ -10,6 +10,7 @@ import type { PublishTarget, TopicTarget } from '../types/index'
 import { prng, sleep } from './helpers/clients'
 import { readEvents, type EventStream } from './helpers/read-events'
 import { Client, Switchboard, everyOnceInOrder, portOf } from './helpers/redis'
+import { freeze } from './helpers/freeze'
 import { start, until } from './helpers/server'
 import { ask, clusterReady, replicasCaughtUp, startCluster, type RedisCluster } from './fixtures/redis-cluster'
 
@@ -82,15 +83,7 @@ if (clusterReady(tap)) {
       replicas.set(name, Number(role[2][0][1]))
       t.comment(`the slot map lists ${(listed?.length ?? 3) - 3} replica(s) for the ${name}'s slot`)
     }
-    const stopped = cluster.nodes.filter(node => [...replicas.values()].includes(node.port))
-    for (const node of stopped) process.kill(node.pid, 'SIGSTOP')
-    let running = false
-    const resume = (): void => {
-      if (running) return
-      running = true
-      for (const node of stopped) process.kill(node.pid, 'SIGCONT')
-    }
-    t.teardown(resume)
+    const resume = freeze(t, cluster.nodes.filter(node => [...replicas.values()].includes(node.port)).map(node => node.pid))
     for (const to of [{ topic: 'room:a' }, 'alice']) {
       await t.rejects(app.eventSources.publish('unacknowledged', { to }), { code: 'FST_ERR_SSE_PUBLISH_FAILED' }, `to ${JSON.stringify(to)}: rejects, as no replica acknowledged it`)
     }

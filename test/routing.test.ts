@@ -4,6 +4,7 @@ import redisAdapter from '../lib/adapters/redis'
 import { openRaw } from './helpers/raw'
 import { redisClient, redisReady, redisUrl, uniquePrefix } from './helpers/redis'
 import { PrivateRedis, hasRedisServer } from './helpers/redis-server'
+import { freeze } from './helpers/freeze'
 import { Instance } from './helpers/redis-instance'
 import { start, until } from './helpers/server'
 
@@ -82,14 +83,7 @@ if (redisReady(tap)) {
     await b.ready()
     const client = await openRaw(t, `${b.url}/events/dave`)
     for (let n = 0; n < 100 && (await b.call('metrics') as { openStreams: number }).openStreams !== 1; n++) await sleep(50)
-    let resumed = false
-    const resume = (): void => {
-      if (resumed) return
-      resumed = true
-      process.kill(b.child.pid as number, 'SIGCONT')
-    }
-    t.teardown(resume)
-    process.kill(b.child.pid as number, 'SIGSTOP')
+    const resume = freeze(t, [b.child.pid as number])
     await a.app.eventSources.subscribe('dave', 'late-news')
     for (let i = 0; i < 5; i++) await a.app.eventSources.publish(`late-${i}`, { to: { topic: 'late-news' } })
     await sleep(300)
